@@ -1,0 +1,60 @@
+# edgevis front door. `make demo` and `make test` work from a fresh clone: they build .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+EV     := $(VENV)/bin/edgevis
+MODEL  ?= toy_convgru
+MODELS ?= toy_convgru
+SOURCE ?= 0
+PRECISION ?= fp16
+TRT_ROOT ?= /usr
+# pip looks in /opt/wheels too where it exists (the local CPU torch wheel on our machines)
+PIP_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+.PHONY: setup test test-slow demo onnx engines plugins check bench camera lint clean help
+
+help:
+	@echo "make demo | test | onnx | engines | plugins | check | bench | camera | lint | clean"
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(PIP_LINKS) -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+test: setup
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow tests
+
+demo: setup
+	$(EV) demo --out demo_out
+
+onnx: setup
+	@for m in $(MODELS); do for f in portable trt; do $(EV) export --model $$m --flavor $$f --out onnx || exit 1; done; done
+
+engines: setup
+	@for m in $(MODELS); do $(EV) build --model $$m --precision $(PRECISION) || exit 1; done
+
+plugins:
+	cmake -S src/edgevis/plugins -B build/plugins -DTENSORRT_ROOT=$(TRT_ROOT) -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/plugins -j
+
+check: setup
+	@for m in $(MODELS); do $(EV) check --model $$m || exit 1; done
+
+bench: setup
+	@for m in $(MODELS); do $(EV) bench --model $$m --backends torch,ort || exit 1; done
+
+camera: setup
+	$(EV) run --model $(MODEL) --source $(SOURCE) --show --save camera_out.mp4
+
+lint: setup
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf build onnx engines_cache demo_out reports/check .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,5 @@
+import sys
+
+from edgevis.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks: programs that write tables and JSON rows with the machine described. Never timed tests."""

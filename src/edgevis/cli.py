@@ -1,0 +1,222 @@
+"""`edgevis <verb>`: the command line. Each verb is a thin function over the library.
+
+User errors (EdgevisError) print one line and exit 2; Ctrl-C exits 130. Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edgevis.errors import EdgevisError
+
+EPILOG = """pipeline:
+  edgevis models                                  list models and their stages
+  edgevis export --model M --flavor portable      torch -> ONNX (+ parity check)  [flavor trt: TensorRT plugin nodes]
+  edgevis build  --model M --precision fp16       ONNX -> TensorRT engines (needs TensorRT)
+  edgevis run    --model M --source 0 --save out.mp4 --json out.jsonl
+  edgevis check  --model M                        PyTorch vs onnxruntime, both flavors, many frames
+  edgevis bench  --model M --backends torch,ort   FPS / latency report under reports/
+Sources: camera index (0) or /dev/videoN, a video file, an image folder or glob, rtsp:// or http:// URL.
+"""
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model name (see `edgevis models`)")
+    p.add_argument("--weights", help="checkpoint to load (default: the model's shipped weights, if any)")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from edgevis.models.zoo import MODELS
+
+    print(f"{'model':<28} {'family':<20} {'stages':<28} description")
+    for name, e in MODELS.items():
+        try:
+            stages = ",".join(e.build().stages) if args.stages else "-"
+        except Exception as ex:  # a model that cannot be built is still listed, with the reason
+            stages = f"(unavailable: {type(ex).__name__})"
+        tag = " [tiny]" if e.tiny else ""
+        tag += " [trained weights]" if e.trained else ""
+        print(f"{name:<28} {e.family:<20} {stages:<28} {e.description}{tag}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from edgevis.export.onnx_export import export_stage
+    from edgevis.models.zoo import build_model
+    from edgevis.runtime.pipeline import onnx_path
+
+    model = build_model(args.model, args.weights)
+    stages = args.stage or list(model.stages)
+    for s in stages:
+        model.check_stage(s)
+    opts = {"msda_builtin": True} if args.msda_builtin else {}
+    for s in tqdm(stages, desc=f"export {args.model} [{args.flavor}]", unit="stage", leave=False):
+        report = export_stage(model, s, onnx_path(Path(args.out), model.name, s, args.flavor), args.flavor, **opts)
+        print(report.summary())
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from edgevis.engines.build import build_engines
+
+    build_engines(args.model, precision=args.precision, weights=args.weights, onnx_dir=Path(args.onnx_dir),
+                  engine_dir=Path(args.engine_dir))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edgevis.models.zoo import build_model
+    from edgevis.runtime.pipeline import best_backend, open_backends, run_streams
+    from edgevis.runtime.runner import StreamRunner
+    from edgevis.runtime.sinks import open_sinks
+    from edgevis.runtime.sources import open_source
+
+    model = build_model(args.model, args.weights)  # fail fast on a bad model name before opening cameras
+    sources = [open_source(s) for s in args.source]
+    backend = args.backend or best_backend()
+    runner = None
+    sinks = None
+    try:
+        policy = model.policy(**_policy_options(args))
+        runner = StreamRunner(policy, open_backends(model, backend, threads=args.threads), num_streams=len(sources))
+        fps = sources[0].fps or 25.0
+        sinks = open_sinks(save=args.save, json=args.json, ytvis=args.ytvis, show=args.show, fps=fps)
+        summary = run_streams(runner, sources, [sinks], max_frames=args.max_frames, progress=not args.quiet)
+    finally:
+        for s in sources:
+            s.close()
+        if sinks is not None:
+            sinks.close()
+        if runner is not None:
+            runner.close()
+    print(summary.line(backend))
+    return 0
+
+
+def _policy_options(args: argparse.Namespace) -> dict:
+    opts = {}
+    for key in ("first_mask", "key_interval"):
+        val = getattr(args, key, None)
+        if val is not None:
+            opts[key] = val
+    return opts
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edgevis.runtime.demo import run_demo
+
+    run_demo(Path(args.out), model_name=args.model, backend=args.backend, frames=args.frames)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from edgevis.check.runner_parity import run_check
+
+    ok = run_check(args.model, weights=args.weights, frames=args.frames, out_dir=Path(args.out),
+                   flavors=args.flavors.split(","))
+    return 0 if ok else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edgevis.bench.report import run_bench
+
+    run_bench(args.model, backends=args.backends.split(","), frames=args.frames, quick=args.quick,
+              streams=args.streams, threads=args.threads, resolution=args.resolution, out_dir=Path(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgevis", description="Deploy video segmentation models: PyTorch -> ONNX -> TensorRT / onnxruntime.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="verb", metavar="verb")
+    sub.required = True
+
+    s = sub.add_parser("models", help="list models and their stages")
+    s.add_argument("--no-stages", dest="stages", action="store_false", help="skip building models to list stages")
+    s.set_defaults(fn=cmd_models)
+
+    s = sub.add_parser("export", help="export a model's stages to ONNX (with an onnxruntime parity check)")
+    _add_model(s)
+    s.add_argument("--flavor", choices=["portable", "trt"], default="portable",
+                   help="portable: standard ONNX ops (any onnxruntime, ARM); trt: edgevis TensorRT plugin nodes")
+    s.add_argument("--out", default="onnx", help="output folder (files: OUT/<model>/<stage>.<flavor>.onnx)")
+    s.add_argument("--stage", action="append", help="export only this stage (repeatable)")
+    s.add_argument("--msda-builtin", action="store_true", help="trt flavor: use TensorRT's built-in MSDA plugin")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("build", help="build TensorRT engines from the trt-flavor ONNX (needs TensorRT)")
+    _add_model(s)
+    s.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    s.add_argument("--onnx-dir", default="onnx")
+    s.add_argument("--engine-dir", default="engines_cache")
+    s.set_defaults(fn=cmd_build)
+
+    s = sub.add_parser("run", help="run a model on cameras, files, folders or streams")
+    _add_model(s)
+    s.add_argument("--source", action="append", required=True,
+                   help="camera index, /dev/videoN, video file, image folder/glob, rtsp:// or http:// URL; repeat for more streams")
+    s.add_argument("--backend", choices=["torch", "ort", "trt"], help="default: trt if TensorRT is installed, else ort")
+    s.add_argument("--save", help="write an annotated video (one stream: this path; more: _<i> suffixes)")
+    s.add_argument("--json", help="write per-frame results as JSON Lines")
+    s.add_argument("--ytvis", help="write YouTube-VIS results (RLE masks) at the end")
+    s.add_argument("--show", action="store_true", help="show an on-screen window (needs a display)")
+    s.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    s.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    s.add_argument("--first-mask", help="spvos: first-frame object masks (DAVIS palette PNG)")
+    s.add_argument("--key-interval", type=int, help="mobileinst: run the instance decoder every T frames")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_run)
+
+    s = sub.add_parser("demo", help="run the default model on the camera or a generated clip; write an annotated video")
+    s.add_argument("--model", help="default: the trained demo model (toy model until one ships)")
+    s.add_argument("--backend", choices=["torch", "ort", "trt"], help="default: trt if installed, else ort")
+    s.add_argument("--frames", type=int, default=60)
+    s.add_argument("--out", default="demo_out")
+    s.set_defaults(fn=cmd_demo)
+
+    s = sub.add_parser("check", help="accuracy checks: PyTorch vs onnxruntime (both flavors), single step and many frames")
+    _add_model(s)
+    s.add_argument("--frames", type=int, default=30, help="frames of the multi-frame check")
+    s.add_argument("--flavors", default="portable,trt")
+    s.add_argument("--out", default="reports/check", help="where JSON reports go")
+    s.set_defaults(fn=cmd_check)
+
+    s = sub.add_parser("bench", help="FPS / latency report vs the PyTorch baseline")
+    s.add_argument("--model", required=True)
+    s.add_argument("--backends", default="torch,ort")
+    s.add_argument("--frames", type=int, default=100)
+    s.add_argument("--streams", type=int, default=1)
+    s.add_argument("--threads", type=int, default=2)
+    s.add_argument("--resolution", help="HxW (default: the model's deployment resolution)")
+    s.add_argument("--quick", action="store_true", help="few frames, for smoke tests")
+    s.add_argument("--out", default="reports")
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return int(args.fn(args) or 0)
+    except EdgevisError as e:
+        print(f"edgevis {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The model registry: ``MODELS`` maps a name to how to build it. Tiny variants keep tests fast."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgevis.errors import EdgevisError
+from edgevis.models.base import Deployable
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    description: str
+    build: Callable[[], Deployable]
+    tiny: bool = False
+    weights: str | None = None  # default checkpoint shipped in models/weights/
+    trained: bool = False
+
+
+def _toy() -> Deployable:
+    from edgevis.models.toy import ToyModel
+
+    return ToyModel("toy_convgru")
+
+
+MODELS: dict[str, ModelEntry] = {
+    "toy_convgru": ModelEntry(
+        "toy_convgru", "toy", "tiny ConvGRU segmenter that exercises the stateful runner (untrained)", _toy, tiny=True
+    ),
+}
+
+
+def model_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=1, cutoff=0.4)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise EdgevisError(f"unknown model '{name}'; {hint}available: {', '.join(MODELS)} (see `edgevis models`)")
+    return MODELS[name]
+
+
+def build_model(name: str, weights: str | Path | None = None) -> Deployable:
+    """Build a registered model; load ``weights`` or its shipped default checkpoint if any."""
+    entry = model_entry(name)
+    model = entry.build()
+    path = Path(weights) if weights else (WEIGHTS_DIR / entry.weights if entry.weights else None)
+    if path is not None:
+        model.load_weights(path)
+    return model

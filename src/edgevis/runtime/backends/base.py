@@ -1,0 +1,46 @@
+"""The one backend contract: ``outputs = backend(feeds)`` with feeds checked against the IOSpec."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+
+from edgevis.spec import IOSpec
+
+
+class Backend(ABC):
+    """Runs one stage. ``__call__(feeds: dict[str, Tensor]) -> dict[str, Tensor]``.
+
+    Feeds are validated at the boundary (:meth:`IOSpec.validate`), so a wrong name, dtype or shape
+    is reported with the tensor's name, what was received and what was expected.
+    """
+
+    kind: str = "base"
+
+    def __init__(self, spec: IOSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dims = self.spec.validate(feeds)
+        return self._run(feeds, dims)
+
+    @abstractmethod
+    def _run(self, feeds: dict[str, torch.Tensor], dims: dict[str, int]) -> dict[str, torch.Tensor]:
+        """Run validated feeds; ``dims`` holds the bound named dimensions (e.g. ``B``)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing to release
+        """Release sessions/engines; safe to call twice."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.kind, "stage": self.spec.key}
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.spec.key})"

@@ -1,0 +1,1 @@
+"""One policy per model family (key-frame schedules, association, memory live here)."""

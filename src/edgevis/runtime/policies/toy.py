@@ -1,0 +1,53 @@
+"""Policy of the toy recurrent model: carry the GRU hidden map; one instance per class channel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgevis.runtime.policy import Policy, StageCaller, StepItem, StreamState
+from edgevis.runtime.preprocess import masks_to_source, prepare
+from edgevis.runtime.results import FrameResult
+
+
+@dataclass
+class ToyState(StreamState):
+    h: torch.Tensor | None = None  # (1, C, H/4, W/4) GRU hidden map
+
+
+class ToyPolicy(Policy):
+    def __init__(self, model: Any, threshold: float = 0.0) -> None:
+        super().__init__(model)
+        self.threshold = threshold
+        self.spec = self.specs["frame"]
+        self.hw = self.input_hw("frame")
+
+    def new_state(self, stream: int) -> ToyState:
+        return ToyState(stream)
+
+    def step(self, items: list[StepItem], call: StageCaller) -> list[FrameResult]:
+        feeds, boxes = [], []
+        for it in items:
+            x, lb = prepare(it.frame, self.hw, self.spec.preprocess)
+            if it.state.h is None:
+                it.state.h = self.spec.init_state({"B": 1})["h"]
+            feeds.append({"image": x, "h": it.state.h})
+            boxes.append(lb)
+        outs = call("frame", feeds, items)
+        results = []
+        for it, lb, out in zip(items, boxes, outs):
+            it.state.h = out["h_out"]
+            logits = out["logits"][0].numpy()  # (K, h, w); numpy keeps post-processing off torch's thread pool
+            peak = logits.reshape(len(logits), -1).max(1)  # (K,)
+            keep = np.flatnonzero(peak > self.threshold)
+            masks = masks_to_source(logits[keep], lb, self.threshold)  # (N, H, W)
+            scores = 1.0 / (1.0 + np.exp(-peak))
+            results.append(FrameResult(
+                stream=it.state.stream, index=it.state.index, masks=masks,
+                track_ids=(keep + 1).astype(np.int64), class_ids=(keep + 1).astype(np.int64),
+                scores=scores[keep].astype(np.float32), timings_ms={}, source_hw=it.state.source_hw,
+            ))
+        return results

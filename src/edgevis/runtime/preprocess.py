@@ -1,0 +1,107 @@
+"""Frames in, model tensors out, masks back: letterboxing as the IOSpec's Preprocess says."""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from edgevis.spec import Preprocess
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where the source frame sits inside the model input (top-left, aspect kept, padded bottom/right)."""
+
+    src_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    resized_hw: tuple[int, int]
+
+
+def letterbox_geometry(src_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
+    sh, sw = src_hw
+    ih, iw = input_hw
+    s = min(ih / sh, iw / sw)
+    rh, rw = min(ih, max(1, round(sh * s))), min(iw, max(1, round(sw * s)))
+    return Letterbox(src_hw=(sh, sw), input_hw=(ih, iw), resized_hw=(rh, rw))
+
+
+@functools.lru_cache(maxsize=16)
+def _normalise_lut(pre: Preprocess) -> np.ndarray:
+    """(1, 256, 3) float32 table, BGR channel order: uint8 value -> (v - mean) / std."""
+    order = slice(None, None, -1) if pre.channel_order == "RGB" else slice(None)
+    mean = np.asarray(pre.mean, np.float32)[order] * pre.scale
+    inv_std = 1.0 / (np.asarray(pre.std, np.float32)[order] * pre.scale)
+    return ((np.arange(256, dtype=np.float32)[:, None] - mean) * inv_std).reshape(1, 256, 3).astype(np.float32)
+
+
+def pad_colour(pre: Preprocess) -> np.ndarray:
+    """The BGR uint8 colour that normalises to ~0 (letterbox padding)."""
+    mean = np.asarray(pre.mean, np.float32) * pre.scale
+    bgr = mean[::-1] if pre.channel_order == "RGB" else mean
+    return np.clip(np.round(bgr), 0, 255).astype(np.uint8)
+
+
+def prepare(frame: np.ndarray, input_hw: tuple[int, int], pre: Preprocess) -> tuple[torch.Tensor, Letterbox]:
+    """Letterbox a BGR uint8 frame for a stage.
+
+    ``pre.in_graph``: returns uint8 (1, H, W, 3) BGR (the graph normalises). Otherwise float32
+    (1, 3, H, W), normalised on the host with a per-channel lookup table.
+    """
+    lb = letterbox_geometry(frame.shape[:2], input_hw)
+    rh, rw = lb.resized_hw
+    img = frame if (rh, rw) == lb.src_hw else cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    if pre.in_graph:
+        if (rh, rw) == tuple(input_hw):
+            out = np.ascontiguousarray(img)[None]
+        else:
+            out = np.empty((1, input_hw[0], input_hw[1], 3), np.uint8)  # (1, H, W, 3)
+            out[0] = pad_colour(pre)
+            out[0, :rh, :rw] = img
+        return torch.from_numpy(out), lb
+    out = np.zeros((input_hw[0], input_hw[1], 3), np.float32)  # (H, W, 3), BGR order
+    out[:rh, :rw] = cv2.LUT(np.ascontiguousarray(img), _normalise_lut(pre))
+    chw = out.transpose(2, 0, 1)
+    if pre.channel_order == "RGB":
+        chw = chw[::-1]
+    return torch.from_numpy(np.ascontiguousarray(chw)[None]), lb  # (1, 3, H, W)
+
+
+def _crop(maps: torch.Tensor | np.ndarray, lb: Letterbox) -> np.ndarray:
+    """The part of model-resolution maps (N, h, w) that covers the source (letterbox padding cut)."""
+    n, h, w = maps.shape
+    ch = max(1, min(h, math.ceil(lb.resized_hw[0] * h / lb.input_hw[0])))
+    cw = max(1, min(w, math.ceil(lb.resized_hw[1] * w / lb.input_hw[1])))
+    crop = maps[:, :ch, :cw]
+    if isinstance(crop, torch.Tensor):
+        crop = crop.detach().float().cpu().numpy()
+    return crop.astype(np.float32, copy=False)  # (N, ch, cw)
+
+
+def _resize_hwn(crop: np.ndarray, src_hw: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) -> (H_src, W_src, N) bilinear (half-pixel centres, like align_corners=False)."""
+    n = crop.shape[0]
+    size = (src_hw[1], src_hw[0])
+    hwn = np.ascontiguousarray(crop.transpose(1, 2, 0))
+    if n <= 512:  # OpenCV resizes up to 512 channels in one call
+        return cv2.resize(hwn, size, interpolation=cv2.INTER_LINEAR).reshape(*src_hw, n)
+    return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in crop], -1)
+
+
+def crop_to_source(maps: torch.Tensor | np.ndarray, lb: Letterbox) -> np.ndarray:
+    """Model-resolution maps (N, h, w) -> float32 (N, H_src, W_src), letterbox padding cropped."""
+    if maps.shape[0] == 0:
+        return np.zeros((0, *lb.src_hw), np.float32)
+    return np.ascontiguousarray(_resize_hwn(_crop(maps, lb), lb.src_hw).transpose(2, 0, 1))
+
+
+def masks_to_source(mask_logits: torch.Tensor | np.ndarray, lb: Letterbox, threshold: float = 0.0) -> np.ndarray:
+    """Mask logits (N, h, w) -> boolean masks (N, H_src, W_src) at the source resolution."""
+    if mask_logits.shape[0] == 0:
+        return np.zeros((0, *lb.src_hw), bool)
+    hwn = _resize_hwn(_crop(mask_logits, lb), lb.src_hw) > threshold  # (H, W, N) bool
+    return np.ascontiguousarray(hwn.transpose(2, 0, 1))
