@@ -55,6 +55,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     stages = args.stage or list(model.stages)
     for s in stages:
         model.check_stage(s)
+    if args.target == "arm":
+        from edgevis.export.arm import export_for_arm  # portable ONNX tuned for onnxruntime on ARM (+ INT8 QDQ)
+
+        for line in export_for_arm(model, Path(args.out), stages=stages, int8=not args.no_int8):
+            print(line)
+        return 0
     opts = {"msda_builtin": True} if args.msda_builtin else {}
     for s in tqdm(stages, desc=f"export {args.model} [{args.flavor}]", unit="stage", leave=False):
         report = export_stage(model, s, onnx_path(Path(args.out), model.name, s, args.flavor), args.flavor, **opts)
@@ -115,6 +121,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, rest: list[str], table: str = "TRAINERS") -> int:
+    import edgevis.train as tr
+
+    module = tr.entry(getattr(tr, table), args.verb, args.model)
+    return int(module.main(args.model, rest) or 0)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from edgevis.check.runner_parity import run_check
 
@@ -151,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="onnx", help="output folder (files: OUT/<model>/<stage>.<flavor>.onnx)")
     s.add_argument("--stage", action="append", help="export only this stage (repeatable)")
     s.add_argument("--msda-builtin", action="store_true", help="trt flavor: use TensorRT's built-in MSDA plugin")
+    s.add_argument("--target", choices=["default", "arm"], default="default",
+                   help="arm: portable ONNX tuned for onnxruntime on ARM CPUs, plus an INT8 QDQ variant")
+    s.add_argument("--no-int8", action="store_true", help="--target arm: skip the INT8 QDQ variant")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("build", help="build TensorRT engines from the trt-flavor ONNX (needs TensorRT)")
@@ -183,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo_out")
     s.set_defaults(fn=cmd_demo)
 
+    s = sub.add_parser("train", help="train a model on synthetic clips or a dataset (options: edgevis train --model M --help)",
+                       add_help=False)
+    s.add_argument("--model", required=True)
+    s.set_defaults(fn=cmd_train, takes_rest=True)
+
+    s = sub.add_parser("distill", help="distil a student from a teacher (options: edgevis distill --model M --help)",
+                       add_help=False)
+    s.add_argument("--model", required=True, help="the student model")
+    s.set_defaults(fn=lambda a, rest: cmd_train(a, rest, "DISTILLERS"), takes_rest=True)
+
     s = sub.add_parser("check", help="accuracy checks: PyTorch vs onnxruntime (both flavors), single step and many frames")
     _add_model(s)
     s.add_argument("--frames", type=int, default=30, help="frames of the multi-frame check")
@@ -204,12 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "takes_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        return int(args.fn(args) or 0)
+        return int((args.fn(args, rest) if getattr(args, "takes_rest", False) else args.fn(args)) or 0)
     except EdgevisError as e:
         print(f"edgevis {args.verb}: error: {e}", file=sys.stderr)
         return 2

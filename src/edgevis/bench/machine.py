@@ -60,3 +60,15 @@ def machine_id(info: dict[str, Any]) -> str:
     base = info.get("gpu") or info.get("cpu") or "machine"
     slug = re.sub(r"[^A-Za-z0-9]+", "-", base).strip("-").lower()[:40]
     return f"{slug}-{info.get('cores')}c"
+
+
+def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> str:
+    """Append one JSON row (a benchmark run) to ``path``, creating folders; returns the path."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+    return str(p)
