@@ -82,6 +82,16 @@ def _simplify(model: Any) -> tuple[Any, bool]:
     return model, False
 
 
+def _user_error_in_chain(e: BaseException) -> EdgevisError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, EdgevisError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def count_plugin_nodes(model: Any) -> dict[str, int]:
     from edgevis.plugins.ort_ops import plugin_ops_in
 
@@ -121,6 +131,9 @@ def export_stage(
             )
         proto = onnx.load(str(tmp))
     except Exception as e:
+        cause = _user_error_in_chain(e)
+        if cause is not None:  # torch.onnx wraps errors raised by our ops at trace time
+            raise cause from None
         raise ExportError(f"exporting {spec.key} ({flavor}) failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+import json
+
+from edgevis.bench.readme import END, START, latest_rows, update_readme
+
+
+def _row(model, backend, fps, ts, cpu="Test CPU"):
+    return {"model": model, "backend": backend, "precision": "fp32", "streams": 1, "threads": 2, "fps": fps,
+            "resolution": "64x96", "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "runner_overhead_pct": 3.0,
+            "speedup_vs_torch": 1.0, "timestamp": ts, "machine": {"cpu": cpu, "cores": 2, "gpu": None}}
+
+
+def test_latest_row_per_key_and_readme_block(tmp_path):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    rows = [_row("m", "ort", 10.0, "20260101-000000"), _row("m", "ort", 20.0, "20260102-000000"),
+            _row("m", "torch", 5.0, "20260102-000000"), {"kernel": "msda", "ms": 1.0}]
+    (bench / "x.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    latest = latest_rows(bench)
+    assert [(r["backend"], r["fps"]) for r in latest] == [("ort", 20.0), ("torch", 5.0)]
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## What is verified where\n")
+    assert update_readme(readme, bench)
+    text = readme.read_text()
+    assert "## Performance" in text and START in text and END in text and "| m | 64x96 | ort |" in text
+    assert "176 ms" in text  # the papers' reference figures are quoted for scale
+    assert not update_readme(readme, bench)  # idempotent
+    assert text.index("## Performance") < text.index("## What is verified where")
