@@ -4,7 +4,8 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 EV     := $(VENV)/bin/edgevis
 MODEL  ?= toy_convgru
-MODELS ?= toy_convgru
+# every *_tiny model plus toy_convgru by default (read from the registry); FULL=1: the full-size models
+MODELS ?= $(or $(shell $(EV) models --names $(if $(FULL),--full,--tiny) 2>/dev/null),toy_convgru)
 SOURCE ?= 0
 PRECISION ?= fp16
 TRT_ROOT ?= /usr
@@ -45,12 +46,17 @@ plugins:
 
 check: setup
 	@for m in $(MODELS); do $(EV) check --model $$m || exit 1; done
+	@echo "Jetson: copy reports/check/ and run the 'polygraphy run ...' lines above (also in reports/check/*.summary.txt)"
 
 bench: setup
 	@for m in $(MODELS); do $(EV) bench --model $$m --backends torch,ort || exit 1; done
 
 camera: setup
 	$(EV) run --model $(MODEL) --source $(SOURCE) --show --save camera_out.mp4
+
+arm-check: setup  ## MobileInst ONNX on aarch64 onnxruntime under qemu vs x86 (root cached in .cache/arm-root)
+	tools/arm/build_root.sh .cache/arm-root
+	$(PY) tools/arm/arm_check.py --root .cache/arm-root --model $(if $(filter mobileinst%,$(MODEL)),$(MODEL),mobileinst_tiny)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests

@@ -32,6 +32,12 @@ def _add_model(p: argparse.ArgumentParser) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from edgevis.models.zoo import MODELS
 
+    if args.names:  # names only, one a line (the Makefile's model lists)
+        for name, e in MODELS.items():
+            if (args.size == "tiny" and not e.tiny) or (args.size == "full" and e.tiny):
+                continue
+            print(name)
+        return 0
     print(f"{'model':<28} {'family':<20} {'stages':<28} description")
     for name, e in MODELS.items():
         try:
@@ -129,10 +135,13 @@ def cmd_train(args: argparse.Namespace, rest: list[str], table: str = "TRAINERS"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edgevis.check.runner_parity import run_check
+    from edgevis.check.suite import run_checks
 
-    ok = run_check(args.model, weights=args.weights, frames=args.frames, out_dir=Path(args.out),
-                   flavors=args.flavors.split(","))
+    ok = run_checks(args.model, weights=args.weights, frames=args.frames, out_dir=Path(args.out),
+                    flavors=args.flavors.split(","), onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
+                    save_inputs=Path(args.save_inputs) if args.save_inputs else None,
+                    save_outputs=Path(args.save_outputs) if args.save_outputs else None,
+                    checks=tuple(args.checks.split(",")))
     return 0 if ok else 1
 
 
@@ -155,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("models", help="list models and their stages")
     s.add_argument("--no-stages", dest="stages", action="store_false", help="skip building models to list stages")
-    s.set_defaults(fn=cmd_models)
+    s.add_argument("--names", action="store_true", help="print model names only, one a line")
+    size = s.add_mutually_exclusive_group()
+    size.add_argument("--tiny", dest="size", action="store_const", const="tiny", help="with --names: tiny variants only")
+    size.add_argument("--full", dest="size", action="store_const", const="full", help="with --names: full-size only")
+    s.set_defaults(fn=cmd_models, size=None)
 
     s = sub.add_parser("export", help="export a model's stages to ONNX (with an onnxruntime parity check)")
     _add_model(s)
@@ -211,9 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check", help="accuracy checks: PyTorch vs onnxruntime (both flavors), single step and many frames")
     _add_model(s)
-    s.add_argument("--frames", type=int, default=30, help="frames of the multi-frame check")
+    s.add_argument("--frames", type=int, default=300, help="frames of the multi-frame checks (fewer for quick runs)")
     s.add_argument("--flavors", default="portable,trt")
-    s.add_argument("--out", default="reports/check", help="where JSON reports go")
+    s.add_argument("--checks", default="single,drift,agreement", help="which checks (comma-separated)")
+    s.add_argument("--out", default="reports/check", help="where JSON reports, PNG plots and the summary go")
+    s.add_argument("--onnx-dir", help="where the checked ONNX go (default: OUT/onnx/<flavor>)")
+    s.add_argument("--save-inputs", help="folder for polygraphy JSON inputs (default: OUT/polygraphy)")
+    s.add_argument("--save-outputs", help="folder for polygraphy JSON reference outputs (default: OUT/polygraphy)")
     s.set_defaults(fn=cmd_check)
 
     s = sub.add_parser("bench", help="FPS / latency report vs the PyTorch baseline")

@@ -30,20 +30,23 @@ def check_clip(model_name: str, frames: int, hw: tuple[int, int], seed: int = 3)
 
 
 def run_check(model_name: str, *, weights: str | None = None, frames: int = 30, out_dir: Path = Path("reports/check"),
-              flavors: list[str] | tuple[str, ...] = ("portable", "trt"), onnx_dir: Path | None = None) -> bool:
+              flavors: list[str] | tuple[str, ...] = ("portable", "trt"), onnx_dir: Path | None = None,
+              verbose: bool = True) -> bool:
     model = build_model(model_name, weights)
     policy = model.policy()
     hw = policy.input_hw(model.stages[0])
     clip = check_clip(model_name, frames, hw)
+    options = getattr(model, "check_policy_options", None)  # policies that need inputs (spvos: first masks)
+    opts = options(clip) if options else {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ok_all = True
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(onnx_dir) if onnx_dir else Path(tmp)
         for flavor in flavors:
-            ref = StreamRunner(model.policy(), open_backends(model, "torch"))
+            ref = StreamRunner(model.policy(**opts), open_backends(model, "torch"))
             got_backends = open_backends(model, "ort", flavor=flavor, onnx_dir=root / flavor, threads=2)
-            got = StreamRunner(model.policy(), got_backends)
+            got = StreamRunner(model.policy(**opts), got_backends)
             agree = Agreement()
             for frame in tqdm(clip.frames, desc=f"check {model_name} [{flavor}]", unit="frame", leave=False):
                 agree.add(ref.step([frame])[0], got.step([frame])[0])
@@ -57,9 +60,10 @@ def run_check(model_name: str, *, weights: str | None = None, frames: int = 30, 
             }
             path = out_dir / f"{model_name}.{flavor}.json"
             path.write_text(json.dumps(report, indent=1))
-            print(f"{'PASS' if ok else 'FAIL'} {model_name} [{flavor}] {frames} frames: mean mask IoU "
-                  f"{agree.mean_iou:.4f} (min {min(agree.frame_iou):.4f}), track-id agreement "
-                  f"{agree.mean_id_agreement:.4f} -> {path}")
+            if verbose:
+                print(f"{'PASS' if ok else 'FAIL'} {model_name} [{flavor}] {frames} frames: mean mask IoU "
+                      f"{agree.mean_iou:.4f} (min {min(agree.frame_iou):.4f}), track-id agreement "
+                      f"{agree.mean_id_agreement:.4f} -> {path}")
             ref.close()
             got.close()
     return ok_all

@@ -38,9 +38,11 @@ def check_update_inputs(zr_pre: Tensor, n_pre: Tensor, h: Tensor) -> None:
             raise EdgevisError(f"convgru_update: {name} is {got}; expected a 4-D (B, C, H, W) tensor")
         if t.dtype not in _FLOAT_DTYPES:
             raise EdgevisError(f"convgru_update: {name} has dtype {t.dtype}; expected float32 or float16")
-    b, c, hh, ww = (int(s) for s in h.shape)
+    # no int(): during export the batch is symbolic and must stay dynamic
+    b, c, hh, ww = h.shape
     zs, ns, hs = list(zr_pre.shape), list(n_pre.shape), list(h.shape)
-    if zs != [b, 2 * c, hh, ww] or ns != [b, c, hh, ww]:
+    if (tuple(zr_pre.shape[1:]) != (2 * c, hh, ww) or tuple(n_pre.shape[1:]) != (c, hh, ww)
+            or zr_pre.shape[0] != b or n_pre.shape[0] != b):
         raise EdgevisError(
             f"convgru_update: zr_pre {zs}, n_pre {ns}, h {hs}; expected zr_pre [B, 2C, H, W] = {[b, 2 * c, hh, ww]} "
             f"and n_pre [B, C, H, W] = {hs} for h [B, C, H, W] = {hs}"
