@@ -34,6 +34,8 @@ def describe_machine() -> dict[str, Any]:
         "gpu": None,
         "driver": None,
         "tensorrt": None,
+        # other work on the machine skews timings: every row records the load it was measured under
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

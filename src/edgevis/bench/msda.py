@@ -14,7 +14,6 @@ Prints a Markdown table and appends one JSON row per run, machine described, to
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -154,10 +153,7 @@ def bench_gpu(name: str, warmup: int, iters: int, dtype: torch.dtype) -> dict[st
 
 
 def machine() -> dict[str, Any]:
-    info = describe_machine()
-    if hasattr(os, "getloadavg"):
-        info["load_avg_1m"] = round(os.getloadavg()[0], 2)  # other work on the machine skews timings
-    return info
+    return describe_machine()  # includes the load average the timings were taken under
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
