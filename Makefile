@@ -48,8 +48,11 @@ check: setup
 	@for m in $(MODELS); do $(EV) check --model $$m || exit 1; done
 	@echo "Jetson: copy reports/check/ and run the 'polygraphy run ...' lines above (also in reports/check/*.summary.txt)"
 
+# full-size models at their deployment resolution, every backend present (tiny ones are for tests)
+BENCH_MODELS ?= $(or $(shell $(EV) models --names --full 2>/dev/null),toy_convgru)
 bench: setup
-	@for m in $(MODELS); do $(EV) bench --model $$m --backends torch,ort || exit 1; done
+	@for m in $(BENCH_MODELS); do $(EV) bench --model $$m --backends all || exit 1; done
+	$(PY) -m edgevis.bench.readme
 
 camera: setup
 	$(EV) run --model $(MODEL) --source $(SOURCE) --show --save camera_out.mp4

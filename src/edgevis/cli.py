@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="FPS / latency report vs the PyTorch baseline")
     s.add_argument("--model", required=True)
-    s.add_argument("--backends", default="torch,ort")
+    s.add_argument("--backends", default="torch,ort", help="comma list of torch, ort, trt; or all (every backend present)")
     s.add_argument("--frames", type=int, default=100)
     s.add_argument("--streams", type=int, default=1)
     s.add_argument("--threads", type=int, default=2)

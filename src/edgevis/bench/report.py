@@ -102,6 +102,10 @@ def run_bench(model_name: str, *, backends: list[str], frames: int = 100, quick:
     if resolution and resolution != f"{hw[0]}x{hw[1]}":
         raise EdgevisError(f"--resolution {resolution}: {model_name} is exported at {hw[0]}x{hw[1]}; "
                            "other resolutions need a model built at that size (not supported by this model yet)")
+    if backends == ["all"]:  # every backend this machine has
+        from edgevis.runtime.pipeline import best_backend
+
+        backends = ["torch", "ort"] + (["trt"] if best_backend() == "trt" else [])
     if "torch" not in backends:
         backends = ["torch", *backends]  # the baseline every speedup is measured against
     n, warmup = (10, 2) if quick else (frames, 10)
