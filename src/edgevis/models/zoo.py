@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +25,28 @@ class ModelEntry:
     trained: bool = False
 
 
-def _toy() -> Deployable:
-    from edgevis.models.toy import ToyModel
+def _lazy(module: str, factory: str, *args: object, **kwargs: object) -> Callable[[], Deployable]:
+    """A builder that imports the model's module only when the model is built."""
 
-    return ToyModel("toy_convgru")
+    def build() -> Deployable:
+        return getattr(importlib.import_module(module), factory)(*args, **kwargs)
+
+    return build
 
 
 MODELS: dict[str, ModelEntry] = {
     "toy_convgru": ModelEntry(
-        "toy_convgru", "toy", "tiny ConvGRU segmenter that exercises the stateful runner (untrained)", _toy, tiny=True
+        "toy_convgru", "toy", "tiny ConvGRU segmenter that exercises the stateful runner (untrained)",
+        _lazy("edgevis.models.toy", "ToyModel", "toy_convgru"), tiny=True
+    ),
+    "mobileinst": ModelEntry(
+        "mobileinst", "mobileinst", "MobileInst VIS for mobile CPUs: TopFormer-B, dual decoder, kernel reuse (384x640)",
+        _lazy("edgevis.models.mobileinst", "MobileInst", "mobileinst"),
+    ),
+    "mobileinst_tiny": ModelEntry(
+        "mobileinst_tiny", "mobileinst", "narrow MobileInst trained on synthetic clips (192x320); the demo model",
+        _lazy("edgevis.models.mobileinst", "MobileInst", "mobileinst_tiny"),
+        tiny=True, weights="mobileinst_tiny.pt", trained=True,
     ),
 }
 
