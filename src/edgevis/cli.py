@@ -141,7 +141,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                     flavors=args.flavors.split(","), onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
                     save_inputs=Path(args.save_inputs) if args.save_inputs else None,
                     save_outputs=Path(args.save_outputs) if args.save_outputs else None,
-                    checks=tuple(args.checks.split(",")))
+                    checks=tuple(args.checks.split(",")), agreement_frames=args.agreement_frames)
     return 0 if ok else 1
 
 
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(s)
     s.add_argument("--frames", type=int, default=300, help="frames of the multi-frame checks (fewer for quick runs)")
     s.add_argument("--flavors", default="portable,trt")
+    s.add_argument("--agreement-frames", type=int, default=50,
+                   help="frames of the task-level check (masks and track ids through two runners)")
     s.add_argument("--checks", default="single,drift,agreement", help="which checks (comma-separated)")
     s.add_argument("--out", default="reports/check", help="where JSON reports, PNG plots and the summary go")
     s.add_argument("--onnx-dir", help="where the checked ONNX go (default: OUT/onnx/<flavor>)")

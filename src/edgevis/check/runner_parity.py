@@ -43,13 +43,17 @@ def run_check(model_name: str, *, weights: str | None = None, frames: int = 30, 
     ok_all = True
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(onnx_dir) if onnx_dir else Path(tmp)
+        ref = StreamRunner(model.policy(**opts), open_backends(model, "torch"))
+        reference = [ref.step([frame])[0] for frame in tqdm(clip.frames, desc=f"check {model_name} [torch]",
+                                                              unit="frame", leave=False)]  # once for all flavors
+        ref.close()
         for flavor in flavors:
-            ref = StreamRunner(model.policy(**opts), open_backends(model, "torch"))
             got_backends = open_backends(model, "ort", flavor=flavor, onnx_dir=root / flavor, threads=2)
             got = StreamRunner(model.policy(**opts), got_backends)
             agree = Agreement()
-            for frame in tqdm(clip.frames, desc=f"check {model_name} [{flavor}]", unit="frame", leave=False):
-                agree.add(ref.step([frame])[0], got.step([frame])[0])
+            for frame, want in zip(tqdm(clip.frames, desc=f"check {model_name} [{flavor}]", unit="frame", leave=False),
+                                   reference):
+                agree.add(want, got.step([frame])[0])
             ok = agree.mean_iou >= MIN_MEAN_IOU and agree.mean_id_agreement >= MIN_ID_AGREEMENT
             ok_all &= ok
             report = {
@@ -64,6 +68,5 @@ def run_check(model_name: str, *, weights: str | None = None, frames: int = 30, 
                 print(f"{'PASS' if ok else 'FAIL'} {model_name} [{flavor}] {frames} frames: mean mask IoU "
                       f"{agree.mean_iou:.4f} (min {min(agree.frame_iou):.4f}), track-id agreement "
                       f"{agree.mean_id_agreement:.4f} -> {path}")
-            ref.close()
             got.close()
     return ok_all

@@ -48,6 +48,15 @@ MODELS: dict[str, ModelEntry] = {
         _lazy("edgevis.models.mobileinst", "MobileInst", "mobileinst_tiny"),
         tiny=True, weights="mobileinst_tiny.pt", trained=True,
     ),
+    "spvos": ModelEntry(
+        "spvos", "spvos", "SpVOS semi-supervised VOS: STCN memory matching, triple-gated sparse key encoder (480x864)",
+        _lazy("edgevis.models.spvos", "build_spvos", "spvos"),
+    ),
+    "spvos_tiny": ModelEntry(
+        "spvos_tiny", "spvos", "narrow SpVOS (sparse key encoder) for tests and checks (96x160, K=3 objects)",
+        _lazy("edgevis.models.spvos", "build_spvos", "spvos_tiny", tiny=True),
+        tiny=True, weights="spvos_tiny.pt", trained=True,
+    ),
 }
 
 
