@@ -25,11 +25,13 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
+# Tests and checks are about correctness, not speed: one OpenMP thread per torch process avoids
+# oversubscribing 2-core machines (onnxruntime keeps its own thread pool).
 test: setup
-	$(PY) -m pytest -q -m "not slow" tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" tests
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests
 
 demo: setup
 	$(EV) demo --out demo_out
@@ -45,7 +47,7 @@ plugins:
 	cmake --build build/plugins -j
 
 check: setup
-	@for m in $(MODELS); do $(EV) check --model $$m || exit 1; done
+	@for m in $(MODELS); do OMP_NUM_THREADS=1 $(EV) check --model $$m || exit 1; done
 	@echo "Jetson: copy reports/check/ and run the 'polygraphy run ...' lines above (also in reports/check/*.summary.txt)"
 
 # full-size models at their deployment resolution, every backend present (tiny ones are for tests)

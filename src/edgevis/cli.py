@@ -135,7 +135,11 @@ def cmd_train(args: argparse.Namespace, rest: list[str], table: str = "TRAINERS"
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    import torch
+
     from edgevis.check.suite import run_checks
+
+    torch.set_num_threads(args.torch_threads)  # correctness, not speed: don't fight onnxruntime's pool for cores
 
     ok = run_checks(args.model, weights=args.weights, frames=args.frames, out_dir=Path(args.out),
                     flavors=args.flavors.split(","), onnx_dir=Path(args.onnx_dir) if args.onnx_dir else None,
@@ -226,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(s)
     s.add_argument("--frames", type=int, default=300, help="frames of the multi-frame checks (fewer for quick runs)")
     s.add_argument("--flavors", default="portable,trt")
+    s.add_argument("--torch-threads", type=int, default=1, help="threads of the PyTorch reference (default 1)")
     s.add_argument("--agreement-frames", type=int, default=50,
                    help="frames of the task-level check (masks and track ids through two runners)")
     s.add_argument("--checks", default="single,drift,agreement", help="which checks (comma-separated)")
