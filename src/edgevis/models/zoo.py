@@ -57,6 +57,33 @@ MODELS: dict[str, ModelEntry] = {
         _lazy("edgevis.models.spvos", "build_spvos", "spvos_tiny", tiny=True),
         tiny=True, weights="spvos_tiny.pt", trained=True,
     ),
+    "seqformer_r50": ModelEntry(
+        "seqformer_r50", "seqformer", "SeqFormer VIS teacher: R50, 6-layer deformable encoder, 300 queries (360x640)",
+        _lazy("edgevis.models.seqformer", "seqformer", "seqformer_r50"),
+    ),
+    "seqformer_tiny": ModelEntry(
+        "seqformer_tiny", "seqformer", "narrow SeqFormer for tests and checks (128x224, 2+2 layers, 20 queries)",
+        _lazy("edgevis.models.seqformer", "seqformer", "seqformer_tiny", tiny=True),
+        tiny=True,
+    ),
+    "recurrent_seqformer": ModelEntry(
+        "recurrent_seqformer", "recurrent_seqformer", "Recurrent SeqFormer: ConvGRU encoder distilled from SeqFormer (360x640)",
+        _lazy("edgevis.models.recurrent_seqformer", "recurrent_seqformer", "recurrent_seqformer"),
+    ),
+    "recurrent_seqformer_tiny": ModelEntry(
+        "recurrent_seqformer_tiny", "recurrent_seqformer", "narrow Recurrent SeqFormer for tests and checks (128x224)",
+        _lazy("edgevis.models.recurrent_seqformer", "recurrent_seqformer", "recurrent_seqformer_tiny", tiny=True),
+        tiny=True,
+    ),
+    "ookd": ModelEntry(
+        "ookd", "ookd", "OOKD online VIS student (IDOL-style, per frame + tracker), QFA-distilled from SeqFormer (360x640)",
+        _lazy("edgevis.models.ookd", "ookd", "ookd"),
+    ),
+    "ookd_tiny": ModelEntry(
+        "ookd_tiny", "ookd", "narrow OOKD student, QFA-distilled on synthetic clips (128x224, 1+2 layers, 20 queries, K=10)",
+        _lazy("edgevis.models.ookd", "ookd", "ookd_tiny", tiny=True),
+        tiny=True, weights="ookd_tiny.pt", trained=True,
+    ),
 }
 
 
