@@ -23,10 +23,13 @@ class Deployable(ABC):
 
     name: str
     stages: tuple[str, ...]
+    net: nn.Module  # the root module holding every weight (what checkpoints load into)
+    _stages: dict[str, nn.Module] | None = None  # stage name -> module over ``net``; None: ``net`` is the only stage
 
-    @abstractmethod
     def stage(self, name: str) -> nn.Module:
         """The ``nn.Module`` for one stage (shares weights with the others)."""
+        self.check_stage(name)
+        return self._stages[name] if self._stages else self.net
 
     @abstractmethod
     def iospec(self, name: str) -> IOSpec:
@@ -39,7 +42,7 @@ class Deployable(ABC):
     @property
     def module(self) -> nn.Module:
         """The root module holding every weight (what checkpoints load into)."""
-        return self.stage(self.stages[0])
+        return self.net
 
     def check_stage(self, name: str) -> None:
         if name not in self.stages:

@@ -277,14 +277,6 @@ class MobileInst(Deployable):
         self.net = MobileInstNet(self.cfg).eval()
         self._stages = {"frame": _FrameStage(self.net), "key": _KeyStage(self.net), "mask": _MaskStage(self.net)}
 
-    @property
-    def module(self) -> nn.Module:
-        return self.net
-
-    def stage(self, name: str) -> nn.Module:
-        self.check_stage(name)
-        return self._stages[name]
-
     def iospec(self, name: str) -> IOSpec:
         self.check_stage(name)
         c = self.cfg

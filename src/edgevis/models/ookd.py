@@ -289,14 +289,6 @@ class Ookd(Deployable):
         self.cfg = cfg
         self.net = OokdNet(cfg).eval()
 
-    @property
-    def module(self) -> nn.Module:
-        return self.net
-
-    def stage(self, name: str) -> nn.Module:
-        self.check_stage(name)
-        return self.net
-
     def iospec(self, name: str) -> IOSpec:
         self.check_stage(name)
         c = self.cfg

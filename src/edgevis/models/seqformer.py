@@ -340,14 +340,6 @@ class SeqFormer(Deployable):
     def frame_stage(self, net: SeqFormerNet) -> nn.Module:
         return FrameStage(net)
 
-    @property
-    def module(self) -> nn.Module:
-        return self.net
-
-    def stage(self, name: str) -> nn.Module:
-        self.check_stage(name)
-        return self._stages[name]
-
     def frame_states(self) -> list[StateSpec]:
         return []
 

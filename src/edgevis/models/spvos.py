@@ -332,14 +332,6 @@ class SpVOSModel(Deployable):
                         "segment": SegmentStage(self.net)}
         self.meta: dict[str, Any] = {}
 
-    @property
-    def module(self) -> nn.Module:
-        return self.net
-
-    def stage(self, name: str) -> nn.Module:
-        self.check_stage(name)
-        return self._stages[name]
-
     def cache_names(self) -> list[tuple[str, str]]:
         """(x0 name, y0 name) per sparse conv, as encode_key's state inputs call them."""
         if not self.cfg.sparse:

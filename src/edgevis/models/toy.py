@@ -70,10 +70,6 @@ class ToyModel(Deployable):
         self.cfg = cfg or ToyConfig()
         self.net = ToyRecurrentSeg(self.cfg).eval()
 
-    def stage(self, name: str) -> nn.Module:
-        self.check_stage(name)
-        return self.net
-
     def iospec(self, name: str) -> IOSpec:
         self.check_stage(name)
         c = self.cfg
