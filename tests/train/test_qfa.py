@@ -97,8 +97,9 @@ def test_sample_windows_pairs_within_window(clips):
 
 def test_id_switches_counted_against_ground_truth_ids():
     from edgevis.data.synthetic import make_clip
+    from edgevis.data.ytvis import tracks_to_predictions
     from edgevis.runtime.results import FrameResult
-    from edgevis.train.ookd import id_switches, tracks_to_predictions
+    from edgevis.train.ookd import id_switches
 
     clip = make_clip(2, num_frames=5, height=64, width=96, num_objects=2)
     ids = [[1, 2], [1, 2], [2, 1], [2, 1], [3, 1]]  # swap at frame 2, then object 0 changes again at frame 4

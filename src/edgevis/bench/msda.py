@@ -152,10 +152,6 @@ def bench_gpu(name: str, warmup: int, iters: int, dtype: torch.dtype) -> dict[st
     }
 
 
-def machine() -> dict[str, Any]:
-    return describe_machine()  # includes the load average the timings were taken under
-
-
 def _table(rows: list[dict[str, Any]]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
@@ -194,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     row = {
         "bench": "msda",
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "machine": machine(),
+        "machine": describe_machine(),  # includes the load average
         "threads": a.threads,
         "iters": a.iters,
         "cpu": cpu_rows,

@@ -167,6 +167,19 @@ def prediction_from_masks(video_id: int, masks: np.ndarray, category_id: int, sc
     }
 
 
+def tracks_to_predictions(video_id: int, results: Sequence, hw: tuple[int, int]) -> list[dict]:
+    """FrameResults of one clip -> YouTube-VIS predictions, one per track id (mean score, majority class)."""
+    by_id: dict[int, dict] = {}
+    for t, r in enumerate(results):
+        for i, tid in enumerate(r.track_ids):
+            e = by_id.setdefault(int(tid), {"masks": np.zeros((len(results), *hw), bool), "scores": [], "cls": []})
+            e["masks"][t] = r.masks[i]
+            e["scores"].append(float(r.scores[i]))
+            e["cls"].append(int(r.class_ids[i]))
+    return [{"video_id": video_id, "score": float(np.mean(e["scores"])),
+             "category_id": int(np.bincount(e["cls"]).argmax()), "masks": e["masks"]} for e in by_id.values()]
+
+
 def write_ytvis_results(path: str | Path, predictions: Sequence[dict]) -> Path:
     """Write predictions as a YouTube-VIS results json (a list); entries with "masks" are RLE-encoded."""
     out = []

@@ -44,7 +44,7 @@ from edgevis.models.deformable import (
     level_token_index,
     sine_position_embedding,
 )
-from edgevis.models.resnet import Backbone, ResNetConfig, conv_out
+from edgevis.models.resnet import Backbone, ResNetConfig, level_shapes
 from edgevis.models.seqformer import aligned_bilinear_matrix, nearest_index, upsample_nearest
 from edgevis.spec import IOSpec, Preprocess, TensorSpec
 
@@ -74,7 +74,7 @@ class OokdConfig:
     @property
     def shapes(self) -> Shapes:
         """(H, W) of the 4 levels at strides 8, 16, 32, 64."""
-        return tuple((conv_out(self.height, k), conv_out(self.width, k)) for k in (3, 4, 5, 6))
+        return level_shapes(self.height, self.width)
 
     @property
     def mask_hw(self) -> tuple[int, int]:

@@ -128,3 +128,8 @@ def conv_out(size: int, stride_steps: int) -> int:
     for _ in range(stride_steps):
         size = (size + 1) // 2
     return size
+
+
+def level_shapes(height: int, width: int) -> tuple[tuple[int, int], ...]:
+    """(H, W) of the 4 feature levels at strides 8, 16, 32, 64 (C3, C4, C5 and the extra stride-2 level)."""
+    return tuple((conv_out(height, k), conv_out(width, k)) for k in (3, 4, 5, 6))

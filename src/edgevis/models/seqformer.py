@@ -42,7 +42,7 @@ from edgevis.models.deformable import (
     level_token_index,
     sine_position_embedding,
 )
-from edgevis.models.resnet import Backbone, ResNetConfig, conv_out
+from edgevis.models.resnet import Backbone, ResNetConfig, level_shapes
 from edgevis.spec import IOSpec, Preprocess, StateSpec, TensorSpec
 
 PREPROCESS = Preprocess(size_multiple=8)
@@ -69,7 +69,7 @@ class SeqFormerConfig:
     @property
     def shapes(self) -> Shapes:
         """(H, W) of the 4 levels at strides 8, 16, 32, 64."""
-        return tuple((conv_out(self.height, k), conv_out(self.width, k)) for k in (3, 4, 5, 6))
+        return level_shapes(self.height, self.width)
 
     @property
     def tokens(self) -> int:

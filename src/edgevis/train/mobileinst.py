@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from edgevis.data.synthetic import CATEGORIES, SyntheticClip, make_dataset
+from edgevis.data.ytvis import tracks_to_predictions
 from edgevis.errors import EdgevisError
 from edgevis.models.mobileinst import kernel_masks
 from edgevis.models.zoo import WEIGHTS_DIR, build_model
@@ -182,19 +183,6 @@ def run_clip(model, clip: SyntheticClip, key_interval: int = 3, backend: str = "
     out = [runner.step([f])[0] for f in clip.frames]
     runner.close()
     return out
-
-
-def tracks_to_predictions(video_id: int, results: list, hw: tuple[int, int]) -> list[dict]:
-    """FrameResults of one clip -> YouTube-VIS predictions (one per track id; mean score, majority class)."""
-    by_id: dict[int, dict] = {}
-    for t, r in enumerate(results):
-        for i, tid in enumerate(r.track_ids):
-            e = by_id.setdefault(int(tid), {"masks": np.zeros((len(results), *hw), bool), "scores": [], "cls": []})
-            e["masks"][t] = r.masks[i]
-            e["scores"].append(float(r.scores[i]))
-            e["cls"].append(int(r.class_ids[i]))
-    return [{"video_id": video_id, "score": float(np.mean(e["scores"])),
-             "category_id": int(np.bincount(e["cls"]).argmax()), "masks": e["masks"]} for e in by_id.values()]
 
 
 def evaluate(model, *, clips: int = 8, seed: int = 10_000, frames: int = 15, key_interval: int = 3,

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 from edgevis.data.synthetic import SyntheticClip, make_clip
+from edgevis.data.ytvis import tracks_to_predictions
 from edgevis.errors import EdgevisError
 
 WEIGHTS = {"cls": 2.0, "l1": 5.0, "giou": 2.0, "dice": 5.0, "bce": 2.0, "aux": 1.0, "assoc": 1.0, "assoc_aux": 1.0}
@@ -311,19 +312,6 @@ def train_student(model: Any, data: list[SyntheticClip], *, steps: int, batch: i
 
 
 # ------------------------------------------------------------------------------------------------- eval
-
-
-def tracks_to_predictions(video_id: int, results: list, hw: tuple[int, int]) -> list[dict]:
-    """FrameResults of one clip -> YouTube-VIS predictions, one per track id (mean score, majority class)."""
-    by_id: dict[int, dict] = {}
-    for t, r in enumerate(results):
-        for i, tid in enumerate(r.track_ids):
-            e = by_id.setdefault(int(tid), {"masks": np.zeros((len(results), *hw), bool), "scores": [], "cls": []})
-            e["masks"][t] = r.masks[i]
-            e["scores"].append(float(r.scores[i]))
-            e["cls"].append(int(r.class_ids[i]))
-    return [{"video_id": video_id, "score": float(np.mean(e["scores"])),
-             "category_id": int(np.bincount(e["cls"]).argmax()), "masks": e["masks"]} for e in by_id.values()]
 
 
 def id_switches(clip: SyntheticClip, results: list, iou_threshold: float = 0.5) -> int:
