@@ -44,7 +44,7 @@ def test_recorded_feeds_are_real_frames_and_carried_state(toy_setup):
     assert torch.count_nonzero(calls[0]["h"]) == 0 and torch.count_nonzero(calls[5]["h"]) > 0
     # the state fed at frame t is what PyTorch returned at frame t-1
     out = toy.stage("frame")(calls[4]["image"], calls[4]["h"])
-    assert torch.allclose(out[1], calls[5]["h"])
+    assert torch.allclose(out[-1], calls[5]["h"])  # outputs: logits, scores, h_out
 
 
 def test_single_step_through_polygraphy_writes_loadable_references(toy_setup, tmp_path):
@@ -58,7 +58,7 @@ def test_single_step_through_polygraphy_writes_loadable_references(toy_setup, tm
     feeds = load_json(str(tmp_path / "in.json"))
     assert len(feeds) == 3 and set(feeds[0]) == {"image", "h"}
     ref = RunResults.load(str(tmp_path / "out.json"))
-    assert list(ref.keys()) == ["pytorch"] and set(ref["pytorch"][0]) == {"logits", "h_out"}
+    assert list(ref.keys()) == ["pytorch"] and set(ref["pytorch"][0]) == {"logits", "scores", "h_out"}
     cmd = rep["polygraphy_command"]
     assert cmd.startswith(f"polygraphy run {path} --trt") and "--load-inputs" in cmd and "h_out:0.0001" in cmd
 
@@ -81,7 +81,7 @@ def test_drift_free_running_and_teacher_forced(toy_setup, tmp_path):
     rep = drift_report(toy, "frame", "trt", path, calls, tmp_path / "d.png")
     assert rep["pass"] and rep["stateful"] and rep["frames"] == 12
     for key in ("free_running", "teacher_forced"):
-        assert set(rep["per_frame"][key]) == {"logits", "h_out"} and len(rep["per_frame"][key]["h_out"]) == 12
+        assert set(rep["per_frame"][key]) == {"logits", "scores", "h_out"} and len(rep["per_frame"][key]["h_out"]) == 12
     assert rep["final_free_running_error"]["h_out"] < 1e-4
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
     json.dumps(rep)

@@ -19,8 +19,8 @@ def test_export_writes_single_file_with_spec_and_parity(toy, tmp_path, flavor):
     proto = onnx.load(str(path))
     assert IOSpec.from_onnx(proto) == toy.iospec("frame")
     assert [i.name for i in proto.graph.input] == ["image", "h"]
-    assert [o.name for o in proto.graph.output] == ["logits", "h_out"]
-    assert set(report.max_abs_error) == {"logits", "h_out"}
+    assert [o.name for o in proto.graph.output] == ["logits", "scores", "h_out"]
+    assert set(report.max_abs_error) == {"logits", "scores", "h_out"}
     assert max(report.max_abs_error.values()) <= 1e-4
     meta = read_metadata(path)
     assert meta["edgevis.flavor"] == flavor

@@ -21,8 +21,9 @@ def test_streaming_equals_clip(toy, frames):
         runner.step([f])
     spec = toy.iospec("frame")
     clip = torch.cat([prepare(f, (64, 96), spec.preprocess)[0] for f in frames])[None]  # (1, T, H, W, 3)
-    logits, h_clip = toy.net(clip, spec.init_state({"B": 1})["h"])
-    assert logits.shape[:2] == (1, len(frames))
+    logits, scores, h_clip = toy.net(clip, spec.init_state({"B": 1})["h"])
+    assert logits.shape[:2] == scores.shape[:2] == (1, len(frames))
+    torch.testing.assert_close(scores, logits.amax(dim=(3, 4)))
     torch.testing.assert_close(runner.states[0].h, h_clip, rtol=0, atol=1e-6)
 
 
@@ -107,3 +108,20 @@ def test_torch_backend_rejects_bad_feed(toy):
     feeds["h"] = feeds["h"].double()
     with pytest.raises(EdgevisError, match=r"input 'h': received dtype float64, expected float32"):
         b(feeds)
+
+
+def test_backend_checks_each_feed_signature_once_and_still_rejects_bad_feeds(toy, monkeypatch):
+    spec = toy.iospec("frame")
+    b = TorchBackend(toy.stage("frame"), spec)
+    calls = []
+    real = spec.validate
+    monkeypatch.setattr(spec, "validate", lambda feeds: calls.append(1) or real(feeds))
+    feeds = spec.example_inputs()
+    b(feeds)
+    b(spec.example_inputs(seed=1))  # same names, shapes and dtypes: not re-checked
+    assert len(calls) == 1
+    bad = dict(feeds, h=feeds["h"][..., :-1])
+    with pytest.raises(EdgevisError, match=r"input 'h': received shape"):
+        b(bad)
+    with pytest.raises(EdgevisError, match=r"input 'h': received list"):
+        b(dict(feeds, h=[0.0]))

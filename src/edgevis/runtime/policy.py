@@ -48,8 +48,11 @@ class StageCaller:
         """Run ``stage`` on one feed dict per item (each with batch 1); returns one output dict per item."""
         backend = self.backends[stage]
         groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, f in enumerate(feeds):
-            groups[tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(f.items()))].append(i)
+        if len(feeds) == 1:  # one stream: nothing to group
+            groups[()] = [0]
+        else:
+            for i, f in enumerate(feeds):
+                groups[tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(f.items()))].append(i)
         results: list[dict[str, torch.Tensor] | None] = [None] * len(feeds)
         for idx in groups.values():
             batch = feeds[idx[0]] if len(idx) == 1 else {k: torch.cat([feeds[i][k] for i in idx]) for k in feeds[idx[0]]}

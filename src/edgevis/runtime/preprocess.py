@@ -22,6 +22,7 @@ class Letterbox:
     resized_hw: tuple[int, int]
 
 
+@functools.lru_cache(maxsize=64)  # one entry per (source, input) size pair: every frame of a stream hits it
 def letterbox_geometry(src_hw: tuple[int, int], input_hw: tuple[int, int]) -> Letterbox:
     sh, sw = src_hw
     ih, iw = input_hw
@@ -52,7 +53,7 @@ def prepare(frame: np.ndarray, input_hw: tuple[int, int], pre: Preprocess) -> tu
     ``pre.in_graph``: returns uint8 (1, H, W, 3) BGR (the graph normalises). Otherwise float32
     (1, 3, H, W), normalised on the host with a per-channel lookup table.
     """
-    lb = letterbox_geometry(frame.shape[:2], input_hw)
+    lb = letterbox_geometry(frame.shape[:2], tuple(input_hw))
     rh, rw = lb.resized_hw
     img = frame if (rh, rw) == lb.src_hw else cv2.resize(frame, (rw, rh), interpolation=cv2.INTER_LINEAR)
     if pre.in_graph:
@@ -82,26 +83,58 @@ def _crop(maps: torch.Tensor | np.ndarray, lb: Letterbox) -> np.ndarray:
     return crop.astype(np.float32, copy=False)  # (N, ch, cw)
 
 
-def _resize_hwn(crop: np.ndarray, src_hw: tuple[int, int]) -> np.ndarray:
-    """(N, h, w) -> (H_src, W_src, N) bilinear (half-pixel centres, like align_corners=False)."""
+def _resize_planes(crop: np.ndarray, src_hw: tuple[int, int], threshold: float | None) -> np.ndarray:
+    """(N, h, w) -> (N, H_src, W_src) bilinear (half-pixel centres, like align_corners=False).
+
+    One plane at a time straight into the output (no (H, W, N) transposes); with ``threshold``
+    the result is boolean ``value > threshold`` (the float plane is reused, never kept).
+    """
     n = crop.shape[0]
     size = (src_hw[1], src_hw[0])
-    hwn = np.ascontiguousarray(crop.transpose(1, 2, 0))
-    if n <= 512:  # OpenCV resizes up to 512 channels in one call
-        return cv2.resize(hwn, size, interpolation=cv2.INTER_LINEAR).reshape(*src_hw, n)
-    return np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in crop], -1)
+    if threshold is None:
+        out = np.empty((n, *src_hw), np.float32)  # (N, H_src, W_src)
+        for i in range(n):
+            cv2.resize(crop[i], size, dst=out[i], interpolation=cv2.INTER_LINEAR)
+        return out
+    out = np.empty((n, *src_hw), bool)  # (N, H_src, W_src)
+    plane = np.empty(src_hw, np.float32)  # (H_src, W_src) scratch
+    for i in range(n):
+        cv2.resize(crop[i], size, dst=plane, interpolation=cv2.INTER_LINEAR)
+        np.greater(plane, threshold, out=out[i])
+    return out
 
 
 def crop_to_source(maps: torch.Tensor | np.ndarray, lb: Letterbox) -> np.ndarray:
     """Model-resolution maps (N, h, w) -> float32 (N, H_src, W_src), letterbox padding cropped."""
     if maps.shape[0] == 0:
         return np.zeros((0, *lb.src_hw), np.float32)
-    return np.ascontiguousarray(_resize_hwn(_crop(maps, lb), lb.src_hw).transpose(2, 0, 1))
+    return _resize_planes(_crop(maps, lb), lb.src_hw, None)
 
 
 def masks_to_source(mask_logits: torch.Tensor | np.ndarray, lb: Letterbox, threshold: float = 0.0) -> np.ndarray:
     """Mask logits (N, h, w) -> boolean masks (N, H_src, W_src) at the source resolution."""
     if mask_logits.shape[0] == 0:
         return np.zeros((0, *lb.src_hw), bool)
-    hwn = _resize_hwn(_crop(mask_logits, lb), lb.src_hw) > threshold  # (H, W, N) bool
-    return np.ascontiguousarray(hwn.transpose(2, 0, 1))
+    return _resize_planes(_crop(mask_logits, lb), lb.src_hw, threshold)
+
+
+class LazyMasks:
+    """Mask logits at model resolution, upsampled to the source only when someone reads them.
+
+    ``logits`` (N', h, w) is kept by reference, so pass an array nothing writes to afterwards
+    (plain backend outputs are fresh tensors every call); ``rows`` (indices or a boolean mask)
+    picks the instances shown (None: all). ``materialise()`` is :func:`masks_to_source` on them.
+    """
+
+    def __init__(self, logits: torch.Tensor | np.ndarray, lb: Letterbox, threshold: float = 0.0,
+                 rows: np.ndarray | None = None) -> None:
+        if rows is not None:
+            rows = np.asarray(rows)
+            rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64, copy=False)
+        self.logits, self.lb, self.threshold, self.rows = logits, lb, threshold, rows
+        n = logits.shape[0] if rows is None else len(rows)
+        self.shape = (int(n), *lb.src_hw)  # (N, H_src, W_src)
+
+    def materialise(self) -> np.ndarray:
+        logits = self.logits if self.rows is None else self.logits[self.rows]
+        return masks_to_source(logits, self.lb, self.threshold)  # (N, H_src, W_src) bool

@@ -8,9 +8,20 @@ the JSON form written by ``JsonlSink`` (masks as COCO RLE, see ``rle_encode``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
+
+
+class MaskSource(Protocol):
+    """Masks not yet at the source resolution (e.g. :class:`edgevis.runtime.preprocess.LazyMasks`).
+
+    ``shape`` is the (N, H, W) the masks will have; ``materialise()`` returns them as a bool array.
+    """
+
+    shape: tuple[int, int, int]
+
+    def materialise(self) -> np.ndarray: ...
 
 
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:
@@ -41,14 +52,16 @@ class FrameResult:
     """Instances found in one frame of one stream.
 
     ``masks`` are boolean at the source resolution ``source_hw``; ``track_ids``, ``class_ids`` and
-    ``scores`` have one entry per mask. ``timings_ms`` holds milliseconds per stage plus ``"total"``.
+    ``scores`` have one entry per mask. A policy may pass a :class:`MaskSource` instead of an array:
+    the masks are then upsampled on first access of ``masks`` (by a sink, say), so a consumer that
+    only needs ids, classes and scores never pays for source-resolution masks. ``timings_ms`` holds milliseconds per stage plus ``"total"``.
     ``reset`` is True when the runner reset this stream's state on this frame (first frame, a
     resolution change, or an explicit reset), so track ids may start over.
     """
 
     stream: int
     index: int
-    masks: np.ndarray  # (N, H, W) bool
+    masks: np.ndarray  # (N, H, W) bool (or a MaskSource, materialised on first access)
     track_ids: np.ndarray  # (N,) int64
     class_ids: np.ndarray  # (N,) int64
     scores: np.ndarray  # (N,) float32
@@ -57,17 +70,22 @@ class FrameResult:
     reset: bool = False
 
     def __post_init__(self) -> None:
-        n = len(self.masks)
-        assert self.masks.ndim == 3, f"masks must be (N, H, W), got {self.masks.shape}"
-        assert len(self.track_ids) == len(self.class_ids) == len(self.scores) == n, (
+        shape = tuple(self._masks.shape)  # no materialising here
+        assert len(shape) == 3, f"masks must be (N, H, W), got {shape}"
+        assert len(self.track_ids) == len(self.class_ids) == len(self.scores) == shape[0], (
             "per-instance arrays differ in length"
         )
         if self.source_hw == (0, 0):
-            self.source_hw = (int(self.masks.shape[1]), int(self.masks.shape[2]))
+            self.source_hw = (int(shape[1]), int(shape[2]))
 
     @property
     def num_instances(self) -> int:
-        return int(len(self.masks))
+        return int(self._masks.shape[0])
+
+    @property
+    def masks_ready(self) -> bool:
+        """True once ``masks`` is an array (given as one, or materialised by an earlier access)."""
+        return isinstance(self._masks, np.ndarray)
 
     @classmethod
     def empty(cls, stream: int, index: int, source_hw: tuple[int, int], **kwargs: Any) -> FrameResult:
@@ -106,3 +124,18 @@ class FrameResult:
             "timings_ms": {k: round(float(v), 4) for k, v in self.timings_ms.items()},
             "instances": instances,
         }
+
+
+def _get_masks(self: FrameResult) -> np.ndarray:
+    if not isinstance(self._masks, np.ndarray):
+        self._masks = self._masks.materialise()  # (N, H, W) bool, kept
+    return self._masks
+
+
+def _set_masks(self: FrameResult, value: np.ndarray | MaskSource) -> None:
+    self._masks = value
+
+
+# After the class body so the dataclass still sees ``masks`` as a plain init field; its __init__
+# assigns through the setter.
+FrameResult.masks = property(_get_masks, _set_masks, doc="(N, H, W) bool masks at the source resolution.")  # type: ignore[assignment]

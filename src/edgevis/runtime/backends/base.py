@@ -21,10 +21,24 @@ class Backend(ABC):
 
     def __init__(self, spec: IOSpec) -> None:
         self.spec = spec
+        self._checked: dict[tuple, dict[str, int]] = {}  # feed signature -> bound dims
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        dims = self.spec.validate(feeds)
-        return self._run(feeds, dims)
+        return self._run(feeds, self._validate(feeds))
+
+    def _validate(self, feeds: dict[str, torch.Tensor]) -> dict[str, int]:
+        """:meth:`IOSpec.validate`, remembered per signature (names, shapes, dtypes): a stream's
+        feeds look the same every frame, so the full check runs once per signature."""
+        try:
+            sig = tuple((k, tuple(v.shape), v.dtype) for k, v in feeds.items())
+        except AttributeError:  # not a tensor: let validate() say which and what was expected
+            sig = None
+        dims = self._checked.get(sig) if sig is not None else None
+        if dims is None:
+            dims = self.spec.validate(feeds)
+            if sig is not None and len(self._checked) < 64:
+                self._checked[sig] = dims
+        return dict(dims)
 
     @abstractmethod
     def _run(self, feeds: dict[str, torch.Tensor], dims: dict[str, int]) -> dict[str, torch.Tensor]:

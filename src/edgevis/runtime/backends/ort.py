@@ -80,18 +80,20 @@ class OrtBackend(Backend):
                 f"{spec.input_names} / {spec.output_names}; re-export the model"
             )
         self.threads = threads
+        self._inputs, self._outputs = spec.input_specs, spec.output_specs  # built once, not per call
+        self._out_names = spec.output_names
 
     def _run(self, feeds: dict[str, torch.Tensor], dims: dict[str, int]) -> dict[str, torch.Tensor]:
         io = self.session.io_binding()
         keep = []  # keep contiguous copies alive until the run ends
-        for t in self.spec.input_specs:
+        for t in self._inputs:
             x = feeds[t.name].contiguous()
             keep.append(x)
             io.bind_input(t.name, x.device.type, x.device.index or 0, DTYPES[t.dtype][1], tuple(x.shape), x.data_ptr())
         dims = {**self.spec.dims, **dims}
         outputs: dict[str, torch.Tensor] = {}
         device = next(iter(feeds.values())).device if feeds else torch.device("cpu")
-        for t in self.spec.output_specs:
+        for t in self._outputs:
             try:
                 shape = t.resolve(dims)
             except SpecError:  # a dim not fixed by the inputs: let onnxruntime allocate
@@ -101,11 +103,11 @@ class OrtBackend(Backend):
             outputs[t.name] = y
             io.bind_output(t.name, device.type, device.index or 0, DTYPES[t.dtype][1], shape, y.data_ptr())
         self.session.run_with_iobinding(io)
-        if len(outputs) < len(self.spec.output_specs):
-            for t, v in zip(self.spec.output_specs, io.get_outputs()):
+        if len(outputs) < len(self._outputs):
+            for t, v in zip(self._outputs, io.get_outputs()):
                 if t.name not in outputs:
                     outputs[t.name] = torch.from_numpy(np.asarray(v.numpy()))
-        return {n: outputs[n] for n in self.spec.output_names}
+        return {n: outputs[n] for n in self._out_names}
 
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort

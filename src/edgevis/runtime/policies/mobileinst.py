@@ -20,7 +20,7 @@ from scipy.optimize import linear_sum_assignment
 
 from edgevis.errors import EdgevisError
 from edgevis.runtime.policy import Policy, StageCaller, StepItem, StreamState
-from edgevis.runtime.preprocess import masks_to_source, prepare
+from edgevis.runtime.preprocess import LazyMasks, prepare
 from edgevis.runtime.results import FrameResult
 
 
@@ -140,7 +140,7 @@ class MobileInstPolicy(Policy):
             shown = mask_logits[st.queries]  # (N, h, w)
             nonempty = (shown > 0).any(axis=(1, 2))  # (N,)
             results.append(FrameResult(
-                stream=st.stream, index=st.index, masks=masks_to_source(shown[nonempty], lb),
+                stream=st.stream, index=st.index, masks=LazyMasks(shown, lb, rows=nonempty),
                 track_ids=st.track_ids[nonempty], class_ids=st.class_ids[nonempty], scores=st.scores[nonempty],
                 timings_ms={}, source_hw=st.source_hw,
             ))

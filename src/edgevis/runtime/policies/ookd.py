@@ -20,7 +20,7 @@ import numpy as np
 
 from edgevis.errors import EdgevisError
 from edgevis.runtime.policy import Policy, StageCaller, StepItem, StreamState
-from edgevis.runtime.preprocess import masks_to_source, prepare
+from edgevis.runtime.preprocess import LazyMasks, prepare
 from edgevis.runtime.results import FrameResult
 from edgevis.runtime.tracker import IdolTracker, TrackerConfig
 
@@ -59,7 +59,7 @@ class OokdPolicy(Policy):
             tracked = st.tracker.step(scores, labels, embeds, mask_logits > 0)
             rows = tracked.index
             results.append(FrameResult(
-                stream=st.stream, index=st.index, masks=masks_to_source(mask_logits[rows], lb),
+                stream=st.stream, index=st.index, masks=LazyMasks(mask_logits, lb, rows=rows),
                 track_ids=tracked.track_ids.astype(np.int64), class_ids=labels[rows] + 1,
                 scores=scores[rows].astype(np.float32), timings_ms={}, source_hw=st.source_hw,
             ))

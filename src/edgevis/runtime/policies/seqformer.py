@@ -39,7 +39,7 @@ from scipy.optimize import linear_sum_assignment
 
 from edgevis.errors import EdgevisError
 from edgevis.runtime.policy import Policy, StageCaller, StepItem, StreamState
-from edgevis.runtime.preprocess import Letterbox, masks_to_source, prepare
+from edgevis.runtime.preprocess import LazyMasks, Letterbox, prepare
 from edgevis.runtime.results import FrameResult
 
 
@@ -231,7 +231,7 @@ class SeqFormerPolicy(Policy):
         held, lb = st.held, st.letterbox
         assert held is not None and lb is not None
         return FrameResult(
-            stream=st.stream, index=st.index, masks=masks_to_source(held.mask_logits, lb, 0.0),
+            stream=st.stream, index=st.index, masks=LazyMasks(held.mask_logits, lb, 0.0),
             track_ids=held.track_ids.copy(), class_ids=held.labels.copy(), scores=held.scores.copy(),
             timings_ms={}, source_hw=st.source_hw or lb.src_hw,
         )

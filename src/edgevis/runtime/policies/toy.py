@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from edgevis.runtime.policy import Policy, StageCaller, StepItem, StreamState
-from edgevis.runtime.preprocess import masks_to_source, prepare
+from edgevis.runtime.preprocess import LazyMasks, prepare
 from edgevis.runtime.results import FrameResult
 
 
@@ -40,10 +40,9 @@ class ToyPolicy(Policy):
         results = []
         for it, lb, out in zip(items, boxes, outs):
             it.state.h = out["h_out"]
-            logits = out["logits"][0].numpy()  # (K, h, w); numpy keeps post-processing off torch's thread pool
-            peak = logits.reshape(len(logits), -1).max(1)  # (K,)
+            peak = out["scores"][0].numpy()  # (K,) each channel's peak logit
             keep = np.flatnonzero(peak > self.threshold)
-            masks = masks_to_source(logits[keep], lb, self.threshold)  # (N, H, W)
+            masks = LazyMasks(out["logits"][0], lb, self.threshold, rows=keep)  # (N, H, W) on first access
             scores = 1.0 / (1.0 + np.exp(-peak))
             results.append(FrameResult(
                 stream=it.state.stream, index=it.state.index, masks=masks,
