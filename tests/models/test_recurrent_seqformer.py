@@ -93,3 +93,18 @@ def test_frame_export_parity(tiny, tmp_path, flavor):
         assert report.plugin_nodes == {"ConvGRUCell": 4}
     else:
         assert report.plugin_nodes == {}
+
+
+@pytest.mark.parametrize("flavor", ["portable", "trt"])
+def test_frame_export_keeps_the_stream_dim_dynamic(tiny, tmp_path, flavor):
+    """The ConvGRU cells run their public path during export; their input checks must not pin "B"."""
+    import onnx
+
+    from edgevis.export.onnx_export import export_stage
+
+    report = export_stage(tiny, "frame", tmp_path / "frame.onnx", flavor, parity=False)
+    model = onnx.load(str(report.path))
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in model.graph.input}
+    hidden = [n for n in dims if n.startswith("h")]
+    assert len(hidden) == 4 and all(dims[n][0] == "B" for n in hidden), dims
+    assert all(d[0] == "B" for d in dims.values()), dims

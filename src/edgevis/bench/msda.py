@@ -26,7 +26,6 @@ import torch
 
 from edgevis.bench.machine import append_jsonl, describe_machine
 from edgevis.plugins.ms_deform_attn import level_starts, ms_deform_attn, ms_deform_attn_reference
-from edgevis.plugins.ms_deform_attn.onnx_forms import GATHERS, pick_gather
 
 LEVELS_360x640 = ((45, 80), (23, 40), (12, 20), (6, 10))
 SIZES: dict[str, dict[str, Any]] = {
@@ -72,9 +71,7 @@ class _Msda(torch.nn.Module):
         return ms_deform_attn(value, None, None, loc, weights, shapes=self.shapes)
 
 
-def portable_session(
-    shapes: tuple, x: dict[str, torch.Tensor], threads: int, workdir: Path, gather: str = "auto"
-) -> Any:
+def portable_session(shapes: tuple, x: dict[str, torch.Tensor], threads: int, workdir: Path) -> Any:
     """Export the portable form for these input shapes and open an onnxruntime CPU session."""
     import onnxruntime as ort
 
@@ -82,7 +79,7 @@ def portable_session(
 
     path = workdir / "msda_portable.onnx"
     args = (x["value"], x["sampling_locations"], x["attention_weights"])
-    with export_flavor("portable", msda_gather=gather):
+    with export_flavor("portable"):
         torch.onnx.export(
             _Msda(shapes).eval(),
             args,
@@ -100,14 +97,14 @@ def portable_session(
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def bench_cpu(name: str, threads: int, warmup: int, iters: int, workdir: Path, gather: str = "auto") -> dict[str, Any]:
+def bench_cpu(name: str, threads: int, warmup: int, iters: int, workdir: Path) -> dict[str, Any]:
     cfg = SIZES[name]
     x = make_inputs(cfg["B"], cfg["Q"], cfg["M"], cfg["P"], cfg["D"], cfg["shapes"])
     torch.set_num_threads(threads)
     with torch.inference_mode():
         ref = ms_deform_attn_reference(**x)
         ref_ms = _median_ms(lambda: ms_deform_attn_reference(**x), warmup, iters)
-    sess = portable_session(cfg["shapes"], x, threads, workdir, gather)
+    sess = portable_session(cfg["shapes"], x, threads, workdir)
     feeds = {
         "value": x["value"].numpy(),
         "loc": x["sampling_locations"].numpy(),
@@ -115,11 +112,8 @@ def bench_cpu(name: str, threads: int, warmup: int, iters: int, workdir: Path, g
     }
     out = sess.run(None, feeds)[0]
     ort_ms = _median_ms(lambda: sess.run(None, feeds), warmup, iters)
-    if gather == "auto":
-        gather = pick_gather(cfg["shapes"], cfg["Q"], cfg["P"])
     return {
         "size": name,
-        "gather": gather,
         "torch_reference_ms": ref_ms,
         "ort_portable_ms": ort_ms,
         "portable_max_abs_err": float(np.abs(out - ref.numpy()).max()),
@@ -164,7 +158,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="decoder,encoder", help="comma list of: " + ", ".join(SIZES))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gather", default="auto", choices=GATHERS, help="portable form's gather layout")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--no-gpu", action="store_true", help="skip the CUDA kernel even if a GPU is present")
@@ -177,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_rows, gpu_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for s in sizes:
-            cpu_rows.append(bench_cpu(s, a.threads, a.warmup, a.iters, Path(tmp), a.gather))
+            cpu_rows.append(bench_cpu(s, a.threads, a.warmup, a.iters, Path(tmp)))
     if torch.cuda.is_available() and not a.no_gpu:
         for s in sizes:
             for dt in (torch.float32, torch.float16):

@@ -40,29 +40,10 @@ from edgevis.models.seqformer import (
     nearest_index,
     upsample_nearest,
 )
-from edgevis.plugins.convgru import ConvGRUCell, gru_update_reference, reset_gate
-from edgevis.plugins.flavor import current_flavor, exporting
+from edgevis.plugins.convgru import ConvGRUCell
 from edgevis.spec import StateSpec
 
 TEACHERS = {"recurrent_seqformer": "seqformer_r50", "recurrent_seqformer_tiny": "seqformer_tiny"}
-
-
-def gru_step(cell: ConvGRUCell, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``cell(x, h)``; while exporting, the same cell written out so the stream dim "B" stays dynamic.
-
-    The plugin's input checks turn shapes into Python ints, which torch.export specialises (B would be
-    fixed to the example's 2), so the export path emits the plugin's two forms directly: the
-    ``ConvGRUCell`` node (trt) or the reference update (portable).
-    """
-    if not exporting():
-        return cell(x, h)
-    zr_pre = cell.conv_zr(torch.cat([x, h], dim=1))  # (B, 2C, H, W)
-    n_pre = cell.conv_n(torch.cat([x, reset_gate(zr_pre, h)], dim=1))  # (B, C, H, W)
-    if current_flavor() == "trt":
-        from edgevis.plugins.convgru.op import _trt_node
-
-        return _trt_node(zr_pre, n_pre, h, emit_fp16=False)
-    return gru_update_reference(zr_pre, n_pre, h)
 
 
 class RecurrentLevel(nn.Module):
@@ -99,7 +80,7 @@ class RecurrentEncoder(nn.Module):
             u = lv.block(levels[i])
             if i < n - 1:
                 u = u + upsample_nearest(new[i + 1], getattr(self, f"up{i}_y"), getattr(self, f"up{i}_x"))
-            new[i] = gru_step(lv.gru, u, hidden[i])  # (B, d, H_l, W_l)
+            new[i] = lv.gru(u, hidden[i])  # (B, d, H_l, W_l); export keeps B dynamic
             outs[i] = levels[i] + lv.out(new[i])
         return outs, new
 

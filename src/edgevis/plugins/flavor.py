@@ -39,8 +39,7 @@ def export_flavor(flavor: str, **options: Any) -> Iterator[None]:
     """Select the ONNX form of every custom op exported inside the block.
 
     ``options`` are op-specific switches: ``msda_builtin=True`` emits TensorRT's
-    ``MultiscaleDeformableAttnPlugin_TRT`` instead of ``edgevis::MSDeformAttn``; ``msda_gather``
-    ('corners' or 'cells') forces the portable deformable-attention gather layout.
+    ``MultiscaleDeformableAttnPlugin_TRT`` instead of ``edgevis::MSDeformAttn``.
     """
     t1 = _FLAVOR.set(check_flavor(flavor))
     t2 = _OPTIONS.set(dict(options))

@@ -14,7 +14,7 @@ def test_bench_writes_row_with_machine_and_parity(tmp_path: Path, capsys) -> Non
     row = json.loads(out.read_text().splitlines()[-1])
     assert row["bench"] == "msda" and row["machine"]["cores"] >= 1 and row["machine"]["torch"]
     (cpu,) = row["cpu"]
-    assert cpu["size"] == "tiny" and cpu["gather"] in ("corners", "cells")
+    assert cpu["size"] == "tiny"
     assert cpu["torch_reference_ms"] > 0 and cpu["ort_portable_ms"] > 0
     assert cpu["portable_max_abs_err"] <= 1e-5
     assert "| tiny |" in capsys.readouterr().out

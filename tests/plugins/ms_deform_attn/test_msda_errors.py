@@ -157,3 +157,29 @@ def test_export_without_static_shapes_says_how_to_fix(tmp_path) -> None:
     ours = [e for e in chain if isinstance(e, EdgevisError)]
     assert ours, f"no EdgevisError in {[type(e).__name__ for e in chain]}"
     assert re.search(r"needs the level shapes as Python ints.*shapes=\(\(H0, W0\), \(H1, W1\), \.\.\.\)", str(ours[0]))
+
+
+def test_removed_gather_option_is_refused_at_export(tmp_path) -> None:
+    """``msda_gather`` (the former corners/cells switch) would be silently ignored; it is refused instead."""
+
+    class Msda(torch.nn.Module):
+        def forward(self, value: torch.Tensor, loc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return ms_deform_attn(value, None, None, loc, w, shapes=SHAPES)
+
+    x = good()
+    with export_flavor("portable", msda_gather="cells"), pytest.raises(Exception) as info:
+        torch.onnx.export(
+            Msda().eval(),
+            (x["value"], x["sampling_locations"], x["attention_weights"]),
+            str(tmp_path / "m.onnx"),
+            dynamo=True,
+            external_data=False,
+            opset_version=18,
+        )
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    ours = [e for e in chain if isinstance(e, EdgevisError)]
+    assert ours, f"no EdgevisError in {[type(e).__name__ for e in chain]}"
+    assert re.search(r"msda_gather='cells'.*expected no msda_gather option.*drop it", str(ours[0]))

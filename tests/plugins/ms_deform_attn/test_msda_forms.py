@@ -1,7 +1,7 @@
 """MSDA parity across every CPU form, and the exported graphs' structure.
 
 Forms compared with the grid_sample reference (FP32, max abs error <= 1e-5): the custom op, the
-portable form eagerly (both gather layouts), the portable ONNX in onnxruntime, the trt-flavor ONNX
+portable form eagerly, the portable ONNX in onnxruntime, the trt-flavor ONNX
 (edgevis::MSDeformAttn) and the built-in-TensorRT-node variant in onnxruntime via Python custom ops.
 """
 
@@ -29,7 +29,7 @@ TOL = 1e-5
 CASES = {
     "one_level_odd": (1, 13, 3, 5, 3, ((9, 7),)),
     "four_levels_b2": (2, 11, 2, 4, 4, ((7, 11), (4, 6), (2, 3), (1, 1))),
-    "encoder_like": (3, 27, 2, 8, 2, ((4, 5), (2, 3))),  # Q = S: the "cells" gather layout
+    "encoder_like": (3, 27, 2, 8, 2, ((4, 5), (2, 3))),  # Q = S, as in the deformable encoder
 }
 
 
@@ -118,9 +118,8 @@ def test_custom_op_and_eager_portable_match_reference(case: str) -> None:
     op = torch.ops.edgevis.ms_deform_attn(*x.values())
     assert torch.allclose(op, ref, rtol=0, atol=TOL)
     assert (ms_deform_attn(*x.values()) - ref).abs().max().item() <= TOL
-    for gather in ("corners", "cells"):
-        got = msda_portable(x["value"], shapes, x["sampling_locations"], x["attention_weights"], gather=gather)
-        assert (got - ref).abs().max().item() <= TOL, gather
+    got = msda_portable(x["value"], shapes, x["sampling_locations"], x["attention_weights"])
+    assert (got - ref).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -132,13 +131,33 @@ def test_onnx_forms_match_reference_in_onnxruntime(exported: dict, case: str, va
     assert np.abs(got - ref.numpy()).max() <= TOL
 
 
-def test_portable_gather_layouts_both_export(tmp_path) -> None:
-    B, Q, M, D, P, shapes = CASES["four_levels_b2"]
-    x = make_inputs(B, Q, M, D, P, shapes, seed=2)
-    ref = ms_deform_attn_reference(**x).numpy()
-    for gather in ("corners", "cells"):
-        got = run_ort(export(shapes, x, tmp_path / f"{gather}.onnx", "portable", msda_gather=gather), x)
-        assert np.abs(got - ref).max() <= TOL, gather
+def test_portable_samples_exactly_on_edges_and_corners() -> None:
+    """Sample points on pixel centres, map edges and corners: the clamped rows and zeroed weights agree."""
+    shapes = ((3, 4), (2, 2))
+    x = make_inputs(1, 4, 2, 3, 2, shapes, seed=5)
+    edges = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.125, 1.0 / 6.0], [1.0, 0.0]])  # (Q, 2): corners, a centre
+    x["sampling_locations"][:] = edges.view(1, 4, 1, 1, 1, 2)
+    ref = ms_deform_attn_reference(**x)
+    got = msda_portable(x["value"], shapes, x["sampling_locations"], x["attention_weights"])
+    assert (got - ref).abs().max().item() <= TOL
+    # The first level's (0.125, 1/6) point is pixel (0, 0)'s centre: an exact read, no blending.
+    centre = torch.zeros_like(x["sampling_locations"][:, 2:3]) - 5.0  # every other level far off the map
+    centre[..., 0, :, :] = torch.tensor([0.125, 1.0 / 6.0])
+    w = torch.ones(1, 1, 2, 2, 2)
+    one = msda_portable(x["value"], shapes, centre, w).view(1, 2, 3)  # (B, M, D)
+    assert torch.allclose(one, 2.0 * x["value"][:, 0], atol=TOL)  # P=2 points, both at pixel (0, 0)
+
+
+def test_portable_graph_is_one_gather_and_one_matmul(exported: dict) -> None:
+    """All levels, points and corners in one Gather of value's rows and one MatMul; value is never copied."""
+    _, _, model = exported["four_levels_b2", "portable"]
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMul") == 1
+    assert not {"Pad", "Concat", "ScatterND", "ScatterElements"} & set(ops)
+    value_views = {n.output[0] for n in model.graph.node if n.op_type == "Reshape" and n.input[0] == "value"}
+    gathers_of_value = [n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in value_views]
+    assert len(gathers_of_value) == 1  # rows of value viewed as (B*S*M, D): no Transpose/copy before it
+    assert sum(1 for n in model.graph.node if "value" in n.input) == 1  # value feeds only that Reshape
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

@@ -125,6 +125,46 @@ def _convgru_update_fp16_fake(zr_pre: Tensor, n_pre: Tensor, h: Tensor) -> tuple
     return torch.empty_like(h), torch.empty_like(h, dtype=torch.float16)
 
 
+# ---- autograd ----------------------------------------------------------------------------------
+def update_backward(zr_pre: Tensor, n_pre: Tensor, h: Tensor, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of ``h' = (1 - z) * h + z * n`` (``z = sigmoid(zr_pre[:, :C])``, ``n = tanh(n_pre)``).
+
+    d/dh = 1 - z; d/dz_pre = (n - h) * z * (1 - z); d/dn_pre = z * (1 - n^2); the r half of ``zr_pre``
+    is not read, so its gradient is zero. Math in ``h``'s dtype promoted to at least FP32; each
+    gradient is returned in its input's dtype.
+    """
+    c = h.shape[1]
+    math_dtype = torch.promote_types(h.dtype, torch.float32)
+    z = torch.sigmoid(zr_pre[:, :c].to(math_dtype))  # (B, C, H, W)
+    n = torch.tanh(n_pre.to(math_dtype))  # (B, C, H, W)
+    g = grad.to(math_dtype)
+    gz = g * (n - h.to(math_dtype)) * z * (1.0 - z)  # (B, C, H, W)
+    g_zr = torch.cat([gz, torch.zeros_like(gz)], dim=1).to(zr_pre.dtype)  # (B, 2C, H, W)
+    g_n = (g * z * (1.0 - n * n)).to(n_pre.dtype)
+    g_h = (g * (1.0 - z)).to(h.dtype)
+    return g_zr, g_n, g_h
+
+
+def _save_inputs(ctx, inputs, output) -> None:  # noqa: ANN001
+    ctx.save_for_backward(*inputs)
+
+
+def _update_grad(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
+    return update_backward(*ctx.saved_tensors, grad)
+
+
+def _update_fp16_grad(ctx, grad: Tensor | None, grad16: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:  # noqa: ANN001
+    zr_pre, n_pre, h = ctx.saved_tensors
+    total = torch.zeros_like(h, dtype=torch.float32) if grad is None else grad.float()
+    if grad16 is not None:  # the FP16 copy is out.to(float16): its gradient flows straight to out
+        total = total + grad16.float()
+    return update_backward(zr_pre, n_pre, h, total)
+
+
+_convgru_update_op.register_autograd(_update_grad, setup_context=_save_inputs)
+_convgru_update_fp16_op.register_autograd(_update_fp16_grad, setup_context=_save_inputs)
+
+
 # ---- what models call ------------------------------------------------------------------------
 def _trt_node(zr_pre: Tensor, n_pre: Tensor, h: Tensor, emit_fp16: bool) -> Tensor | tuple[Tensor, Tensor]:
     attrs = plugin_attrs(emit_fp16=int(emit_fp16))

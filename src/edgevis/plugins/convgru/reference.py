@@ -31,7 +31,26 @@ STATE_DTYPE = torch.float32
 
 
 def _shape(t: Tensor) -> list[int]:
-    return [int(s) for s in t.shape]
+    """``t``'s sizes for messages; symbolic sizes (torch.export) stay symbolic: ``int()`` would pin them."""
+    return [s if isinstance(s, torch.SymInt) else int(s) for s in t.shape]
+
+
+def _same(got: list, want: list) -> bool:
+    """``got == want`` elementwise without specialising symbolic sizes.
+
+    A pair with a symbolic side is recorded with ``torch._check`` (a runtime assertion in the exported
+    program, or an immediate error when it is provably false) instead of being evaluated to a Python
+    bool, which would guard the exported graph on the example's size (e.g. fix the batch "B" to 2).
+    """
+    if len(got) != len(want):
+        return False
+    same = True
+    for g, w in zip(got, want):
+        if isinstance(g, torch.SymInt) or isinstance(w, torch.SymInt):
+            torch._check(g == w, lambda g=g, w=w: f"ConvGRUCell: size {g} must equal {w}")
+        else:
+            same = same and g == w
+    return same
 
 
 def gru_update_reference(zr_pre: Tensor, n_pre: Tensor, h: Tensor) -> Tensor:
@@ -115,7 +134,7 @@ class ConvGRUCell(nn.Module):
                 f"ConvGRUCell: received x {type(x).__name__}, h {type(h).__name__}; expected two tensors"
             )
         xs, hs = _shape(x), _shape(h)
-        if x.dim() != 4 or xs[1] != self.in_ch:
+        if x.dim() != 4 or not _same(xs[1:2], [self.in_ch]):
             raise EdgevisError(
                 f"ConvGRUCell: x has shape {xs}, expected (B, {self.in_ch}, H, W); "
                 f"for a clip (B, T, C, H, W) call forward_sequence"
@@ -126,8 +145,8 @@ class ConvGRUCell(nn.Module):
                 f"convert with x.to({self.dtype}) or cell.to({x.dtype})"
             )
         want = [xs[0], self.hid_ch, xs[2], xs[3]]
-        if hs != want:
-            if h.dim() == 4 and hs[2:] != xs[2:]:
+        if h.dim() != 4 or not _same(hs, want):
+            if h.dim() == 4 and not _same(hs[2:], xs[2:]):
                 why = f"x/h spatial mismatch: x is {xs[2]}x{xs[3]}, h is {hs[2]}x{hs[3]}"
             else:
                 why = "wrong hidden-state shape"

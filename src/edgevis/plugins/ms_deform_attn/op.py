@@ -8,9 +8,6 @@ reference otherwise. During ONNX export it emits the current flavor's form inste
 - ``trt``: one ``edgevis::MSDeformAttn`` node, or TensorRT's built-in
   ``MultiscaleDeformableAttnPlugin_TRT`` with ``export_flavor("trt", msda_builtin=True)``.
 
-``export_flavor("portable", msda_gather="corners" | "cells")`` forces the portable form's gather
-layout (default ``"auto"``, chosen from the static sizes).
-
 ``spatial_shapes`` is data to torch.export, so the export path needs the level shapes as static
 Python ints: pass ``shapes=((H0, W0), (H1, W1), ...)`` (models know them from the input size).
 """
@@ -21,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from edgevis.errors import SpecError
+from edgevis.errors import EdgevisError, SpecError
 from edgevis.plugins.flavor import current_flavor, exporting, flavor_option
 from edgevis.plugins.ms_deform_attn.onnx_forms import msda_builtin_trt_node, msda_portable, msda_trt_node
 from edgevis.plugins.ms_deform_attn.reference import (
@@ -118,8 +115,13 @@ def ms_deform_attn(
         if current_flavor() == "trt":
             form = msda_builtin_trt_node if flavor_option("msda_builtin", False) else msda_trt_node
             return form(value, static, sampling_locations, attention_weights)
-        gather = flavor_option("msda_gather", "auto")
-        return msda_portable(value, static, sampling_locations, attention_weights, gather=gather)
+        if flavor_option("msda_gather") is not None:
+            raise EdgevisError(
+                f"ms_deform_attn: export option msda_gather={flavor_option('msda_gather')!r} is no longer "
+                "supported; expected no msda_gather option (the portable form has one gather layout); "
+                "drop it from export_flavor(...)"
+            )
+        return msda_portable(value, static, sampling_locations, attention_weights)
     if spatial_shapes is None or level_start_index is None:
         if shapes is None:
             raise SpecError(
