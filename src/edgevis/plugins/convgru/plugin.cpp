@@ -16,11 +16,9 @@
 #include <NvInferRuntime.h>
 
 #include <cstdint>
-#include <cstring>
 #include <exception>
-#include <string>
-#include <vector>
 
+#include "common/plugin_utils.h"
 #include "convgru/kernel.h"
 
 namespace edgevis {
@@ -33,49 +31,12 @@ constexpr char const* kPluginVersion = "1";
 constexpr char const* kPluginNamespace = "edgevis";
 constexpr char const* kEmitFp16 = "emit_fp16";
 constexpr int32_t kNbInputs = 3;
+constexpr trt::PluginIdentity kIdentity{kPluginName, kPluginVersion, kPluginNamespace};
 
-bool readIntField(PluginField const& f, int32_t& value) {
-  if (f.data == nullptr || f.length < 1) return false;
-  switch (f.type) {
-    case PluginFieldType::kINT32: value = *static_cast<int32_t const*>(f.data); return true;
-    case PluginFieldType::kINT64: value = static_cast<int32_t>(*static_cast<int64_t const*>(f.data)); return true;
-    case PluginFieldType::kINT16: value = *static_cast<int16_t const*>(f.data); return true;
-    case PluginFieldType::kINT8: value = *static_cast<int8_t const*>(f.data); return true;
-    default: return false;
-  }
-}
-
-class ConvGRUCellPlugin final : public IPluginV3,
-                                public IPluginV3OneCore,
-                                public IPluginV3OneBuild,
-                                public IPluginV3OneRuntime {
+class ConvGRUCellPlugin final : public trt::PluginV3Base<ConvGRUCellPlugin> {
  public:
-  explicit ConvGRUCellPlugin(bool emitFp16) : mEmitFp16(emitFp16 ? 1 : 0) {}
-  ConvGRUCellPlugin(ConvGRUCellPlugin const& other) : mEmitFp16(other.mEmitFp16) {}
-  ~ConvGRUCellPlugin() override = default;
-
-  // ---- IPluginV3 ---------------------------------------------------------------------------
-  IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override {
-    switch (type) {
-      case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-      case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-      case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-  }
-
-  IPluginV3* clone() noexcept override {
-    try {
-      return new ConvGRUCellPlugin(*this);
-    } catch (std::exception const&) {
-      return nullptr;
-    }
-  }
-
-  // ---- IPluginV3OneCore --------------------------------------------------------------------
-  char const* getPluginName() const noexcept override { return kPluginName; }
-  char const* getPluginVersion() const noexcept override { return kPluginVersion; }
-  char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+  explicit ConvGRUCellPlugin(bool emitFp16)
+      : trt::PluginV3Base<ConvGRUCellPlugin>(kIdentity), mEmitFp16(emitFp16 ? 1 : 0) {}
 
   // ---- IPluginV3OneBuild: shapes, types, formats -------------------------------------------
   int32_t getNbOutputs() const noexcept override { return mEmitFp16 ? 2 : 1; }
@@ -153,42 +114,30 @@ class ConvGRUCellPlugin final : public IPluginV3,
     return rc == 0 ? 0 : -1;
   }
 
-  IPluginV3* attachToContext(IPluginResourceContext* /*context*/) noexcept override { return clone(); }
-
   PluginFieldCollection const* getFieldsToSerialize() noexcept override {
     mFields.clear();
-    mFields.emplace_back(kEmitFp16, &mEmitFp16, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-    return &mFieldCollection;
+    mFields.add(kEmitFp16, &mEmitFp16, PluginFieldType::kINT32, 1);
+    return mFields.collection();
   }
 
  private:
   int32_t mEmitFp16{0};
-  std::vector<PluginField> mFields;
-  PluginFieldCollection mFieldCollection{};
+  trt::FieldList mFields;
 };
 
-class ConvGRUCellCreator final : public IPluginCreatorV3One {
+class ConvGRUCellCreator final : public trt::PluginCreatorBase {
  public:
-  ConvGRUCellCreator() {
-    mFieldNames.emplace_back(kEmitFp16, nullptr, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
-    mFieldCollection.fields = mFieldNames.data();
+  ConvGRUCellCreator() : trt::PluginCreatorBase(kIdentity) {
+    mFieldNames.add(kEmitFp16, nullptr, PluginFieldType::kINT32, 1);
   }
-
-  char const* getPluginName() const noexcept override { return kPluginName; }
-  char const* getPluginVersion() const noexcept override { return kPluginVersion; }
-  char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
-  PluginFieldCollection const* getFieldNames() noexcept override { return &mFieldCollection; }
 
   IPluginV3* createPlugin(char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept override {
     try {
       int32_t emit = 0;
       for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
         PluginField const& f = fc->fields[i];
-        if (f.name != nullptr && std::strcmp(f.name, kEmitFp16) == 0) {
-          if (!readIntField(f, emit) || (emit != 0 && emit != 1)) return nullptr;  // malformed attribute
+        if (trt::fieldIs(f, kEmitFp16)) {
+          if (!trt::readInt(f, emit) || (emit != 0 && emit != 1)) return nullptr;  // malformed attribute
         }
         // plugin_namespace / plugin_version and unknown fields are ignored
       }
@@ -197,16 +146,15 @@ class ConvGRUCellCreator final : public IPluginCreatorV3One {
       return nullptr;
     }
   }
-
- private:
-  std::vector<PluginField> mFieldNames;
-  PluginFieldCollection mFieldCollection{};
 };
 
 }  // namespace
 
 // The macro pastes its argument into an identifier, so it takes the unqualified class name.
+// REGISTER_TENSORRT_PLUGIN registers under namespace ""; the second line makes the creator resolvable
+// under "edgevis" too, as ONNX nodes and engines ask (see common/plugin_utils.h).
 REGISTER_TENSORRT_PLUGIN(ConvGRUCellCreator);
+EDGEVIS_REGISTER_IN_PLUGIN_NAMESPACE(ConvGRUCellCreator);
 
 }  // namespace edgevis
 

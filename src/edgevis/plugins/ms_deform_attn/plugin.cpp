@@ -12,10 +12,9 @@
 #include <NvInfer.h>
 
 #include <cstdint>
-#include <cstring>
 #include <exception>
-#include <vector>
 
+#include "common/plugin_utils.h"
 #include "kernel.h"
 
 namespace edgevis {
@@ -26,53 +25,17 @@ using namespace nvinfer1;
 constexpr char const* kPluginName = "MSDeformAttn";
 constexpr char const* kPluginVersion = "1";
 constexpr char const* kPluginNamespace = "edgevis";
+constexpr trt::PluginIdentity kIdentity{kPluginName, kPluginVersion, kPluginNamespace};
 
-// An int attribute from the ONNX parser (INT32) or a serialised engine (INT32), tolerating INT64.
-bool readInt(PluginField const& f, int32_t& out) {
-  if (f.data == nullptr || f.length < 1) return false;
-  if (f.type == PluginFieldType::kINT32) {
-    out = *static_cast<int32_t const*>(f.data);
-    return true;
-  }
-  if (f.type == PluginFieldType::kINT64) {
-    out = static_cast<int32_t>(*static_cast<int64_t const*>(f.data));
-    return true;
-  }
-  return false;
-}
-
-class MsdaPlugin final : public IPluginV3, public IPluginV3OneCore, public IPluginV3OneBuild, public IPluginV3OneRuntime {
+class MsdaPlugin final : public trt::PluginV3Base<MsdaPlugin> {
  public:
-  MsdaPlugin(int32_t numLevels, int32_t numPoints) : mNumLevels(numLevels), mNumPoints(numPoints) {}
-  ~MsdaPlugin() override = default;
-
-  // ---- IPluginV3 ----
-  IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override {
-    switch (type) {
-      case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-      case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-      case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-    }
-    return nullptr;
-  }
-
-  IPluginV3* clone() noexcept override {
-    try {
-      return new MsdaPlugin(mNumLevels, mNumPoints);
-    } catch (std::exception const&) {
-      return nullptr;
-    }
-  }
-
-  // ---- IPluginV3OneCore ----
-  char const* getPluginName() const noexcept override { return kPluginName; }
-  char const* getPluginVersion() const noexcept override { return kPluginVersion; }
-  char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
+  MsdaPlugin(int32_t numLevels, int32_t numPoints)
+      : trt::PluginV3Base<MsdaPlugin>(kIdentity), mNumLevels(numLevels), mNumPoints(numPoints) {}
 
   // ---- IPluginV3OneBuild ----
   int32_t getNbOutputs() const noexcept override { return 1; }
 
-  int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out,
+  int32_t configurePlugin(DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* /*out*/,
                           int32_t nbOutputs) noexcept override {
     if (nbInputs != 5 || nbOutputs != 1) return -1;
     Dims const& value = in[0].desc.dims;
@@ -142,15 +105,11 @@ class MsdaPlugin final : public IPluginV3, public IPluginV3OneCore, public IPlug
     return err == cudaSuccess ? 0 : -1;
   }
 
-  IPluginV3* attachToContext(IPluginResourceContext* /*context*/) noexcept override { return clone(); }
-
   PluginFieldCollection const* getFieldsToSerialize() noexcept override {
     mFields.clear();
-    mFields.emplace_back("num_levels", &mNumLevels, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("num_points", &mNumPoints, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
-    return &mFieldCollection;
+    mFields.add("num_levels", &mNumLevels, PluginFieldType::kINT32, 1);
+    mFields.add("num_points", &mNumPoints, PluginFieldType::kINT32, 1);
+    return mFields.collection();
   }
 
  private:
@@ -159,23 +118,15 @@ class MsdaPlugin final : public IPluginV3, public IPluginV3OneCore, public IPlug
 
   int32_t mNumLevels;
   int32_t mNumPoints;
-  std::vector<PluginField> mFields;
-  PluginFieldCollection mFieldCollection{};
+  trt::FieldList mFields;
 };
 
-class MsdaPluginCreator final : public IPluginCreatorV3One {
+class MsdaPluginCreator final : public trt::PluginCreatorBase {
  public:
-  MsdaPluginCreator() {
-    mFields.emplace_back("num_levels", nullptr, PluginFieldType::kINT32, 1);
-    mFields.emplace_back("num_points", nullptr, PluginFieldType::kINT32, 1);
-    mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
-    mFieldCollection.fields = mFields.data();
+  MsdaPluginCreator() : trt::PluginCreatorBase(kIdentity) {
+    mFieldNames.add("num_levels", nullptr, PluginFieldType::kINT32, 1);
+    mFieldNames.add("num_points", nullptr, PluginFieldType::kINT32, 1);
   }
-
-  char const* getPluginName() const noexcept override { return kPluginName; }
-  char const* getPluginVersion() const noexcept override { return kPluginVersion; }
-  char const* getPluginNamespace() const noexcept override { return kPluginNamespace; }
-  PluginFieldCollection const* getFieldNames() noexcept override { return &mFieldCollection; }
 
   IPluginV3* createPlugin(char const* /*name*/, PluginFieldCollection const* fc, TensorRTPhase /*phase*/) noexcept override {
     try {
@@ -183,9 +134,8 @@ class MsdaPluginCreator final : public IPluginCreatorV3One {
       int32_t numPoints = 0;
       for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
         PluginField const& f = fc->fields[i];
-        if (f.name == nullptr) continue;
-        if (std::strcmp(f.name, "num_levels") == 0 && !readInt(f, numLevels)) return nullptr;
-        if (std::strcmp(f.name, "num_points") == 0 && !readInt(f, numPoints)) return nullptr;
+        if (trt::fieldIs(f, "num_levels") && !trt::readInt(f, numLevels)) return nullptr;
+        if (trt::fieldIs(f, "num_points") && !trt::readInt(f, numPoints)) return nullptr;
         // plugin_namespace / plugin_version and unknown fields are ignored.
       }
       return new MsdaPlugin(numLevels, numPoints);
@@ -193,25 +143,12 @@ class MsdaPluginCreator final : public IPluginCreatorV3One {
       return nullptr;
     }
   }
-
- private:
-  std::vector<PluginField> mFields;
-  PluginFieldCollection mFieldCollection{};
 };
 
-// REGISTER_TENSORRT_PLUGIN registers the creator under the empty namespace. ONNX nodes (attribute
-// plugin_namespace) and serialised engines (getPluginNamespace()) look it up under "edgevis", so it is
-// registered there as well.
+// REGISTER_TENSORRT_PLUGIN registers the creator under the empty namespace; ONNX nodes and serialised
+// engines look it up under "edgevis", which the second line covers (see common/plugin_utils.h).
 REGISTER_TENSORRT_PLUGIN(MsdaPluginCreator);
-
-class NamespacedRegistrar {
- public:
-  NamespacedRegistrar() { getPluginRegistry()->registerCreator(mCreator, kPluginNamespace); }
-
- private:
-  MsdaPluginCreator mCreator;
-};
-static NamespacedRegistrar gNamespacedRegistrar;
+EDGEVIS_REGISTER_IN_PLUGIN_NAMESPACE(MsdaPluginCreator);
 
 }  // namespace msda_trt
 }  // namespace edgevis

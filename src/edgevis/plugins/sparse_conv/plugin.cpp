@@ -5,14 +5,13 @@
 // Float tensors are all FP32 or all FP16 (FP16 runs on tensor cores); formats are linear (NCHW).
 // Fields: stride, padding, block, force_dense (int), tau_t, tau_s, dense_above (float). The ONNX
 // parser finds the creator by op_type / plugin_version / plugin_namespace and passes the node's
-// attributes as fields.
-#include <cstring>
-#include <new>
-#include <string>
-#include <vector>
+// attributes as fields. Capability dispatch, clone and attachToContext: common/plugin_utils.h.
+#include <cstdint>
+#include <exception>
 
 #include <NvInfer.h>
 
+#include "common/plugin_utils.h"
 #include "tsc_kernel.h"
 
 namespace edgevis {
@@ -22,6 +21,7 @@ using namespace nvinfer1;
 constexpr char const* kName = "TripleSparseConv";
 constexpr char const* kVersion = "1";
 constexpr char const* kNamespace = "edgevis";
+constexpr trt::PluginIdentity kIdentity{kName, kVersion, kNamespace};
 constexpr int32_t kNbIn = 5, kNbOut = 4;
 
 struct Attrs {
@@ -29,38 +29,9 @@ struct Attrs {
     float tauT = 0.05f, tauS = 0.0f, denseAbove = 0.75f;
 };
 
-bool readInt(PluginField const& f, int32_t& out) {
-    if (f.type == PluginFieldType::kINT32) { out = *static_cast<int32_t const*>(f.data); return true; }
-    if (f.type == PluginFieldType::kINT64) { out = static_cast<int32_t>(*static_cast<int64_t const*>(f.data)); return true; }
-    return false;
-}
-
-bool readFloat(PluginField const& f, float& out) {
-    if (f.type == PluginFieldType::kFLOAT32) { out = *static_cast<float const*>(f.data); return true; }
-    if (f.type == PluginFieldType::kFLOAT64) { out = static_cast<float>(*static_cast<double const*>(f.data)); return true; }
-    return false;
-}
-
-class TripleSparseConvPlugin : public IPluginV3, public IPluginV3OneCore, public IPluginV3OneBuild,
-                               public IPluginV3OneRuntime {
+class TripleSparseConvPlugin final : public trt::PluginV3Base<TripleSparseConvPlugin> {
 public:
-    explicit TripleSparseConvPlugin(Attrs const& a) : mAttrs(a) {}
-
-    // IPluginV3
-    IPluginCapability* getCapabilityInterface(PluginCapabilityType type) noexcept override {
-        switch (type) {
-        case PluginCapabilityType::kCORE: return static_cast<IPluginV3OneCore*>(this);
-        case PluginCapabilityType::kBUILD: return static_cast<IPluginV3OneBuild*>(this);
-        case PluginCapabilityType::kRUNTIME: return static_cast<IPluginV3OneRuntime*>(this);
-        }
-        return nullptr;
-    }
-    IPluginV3* clone() noexcept override { return new (std::nothrow) TripleSparseConvPlugin(mAttrs); }
-
-    // IPluginV3OneCore
-    AsciiChar const* getPluginName() const noexcept override { return kName; }
-    AsciiChar const* getPluginVersion() const noexcept override { return kVersion; }
-    AsciiChar const* getPluginNamespace() const noexcept override { return kNamespace; }
+    explicit TripleSparseConvPlugin(Attrs const& a) : trt::PluginV3Base<TripleSparseConvPlugin>(kIdentity), mAttrs(a) {}
 
     // IPluginV3OneBuild
     int32_t getNbOutputs() const noexcept override { return kNbOut; }
@@ -126,20 +97,16 @@ public:
         return err == cudaSuccess ? 0 : -1;
     }
 
-    IPluginV3* attachToContext(IPluginResourceContext*) noexcept override { return clone(); }
-
     PluginFieldCollection const* getFieldsToSerialize() noexcept override {
         mFields.clear();
-        mFields.emplace_back("stride", &mAttrs.stride, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("padding", &mAttrs.padding, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("block", &mAttrs.block, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("force_dense", &mAttrs.forceDense, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("tau_t", &mAttrs.tauT, PluginFieldType::kFLOAT32, 1);
-        mFields.emplace_back("tau_s", &mAttrs.tauS, PluginFieldType::kFLOAT32, 1);
-        mFields.emplace_back("dense_above", &mAttrs.denseAbove, PluginFieldType::kFLOAT32, 1);
-        mFc.nbFields = static_cast<int32_t>(mFields.size());
-        mFc.fields = mFields.data();
-        return &mFc;
+        mFields.add("stride", &mAttrs.stride, PluginFieldType::kINT32, 1);
+        mFields.add("padding", &mAttrs.padding, PluginFieldType::kINT32, 1);
+        mFields.add("block", &mAttrs.block, PluginFieldType::kINT32, 1);
+        mFields.add("force_dense", &mAttrs.forceDense, PluginFieldType::kINT32, 1);
+        mFields.add("tau_t", &mAttrs.tauT, PluginFieldType::kFLOAT32, 1);
+        mFields.add("tau_s", &mAttrs.tauS, PluginFieldType::kFLOAT32, 1);
+        mFields.add("dense_above", &mAttrs.denseAbove, PluginFieldType::kFLOAT32, 1);
+        return mFields.collection();
     }
 
 private:
@@ -163,66 +130,60 @@ private:
     }
 
     Attrs mAttrs;
-    std::vector<PluginField> mFields;
-    PluginFieldCollection mFc{};
+    trt::FieldList mFields;
 };
 
-class TripleSparseConvCreator : public IPluginCreatorV3One {
+// IPluginCreatorV3One: name/version/namespace and getFieldNames() come from trt::PluginCreatorBase.
+class TripleSparseConvCreator final : public trt::PluginCreatorBase {
 public:
-    TripleSparseConvCreator() {
-        mFields.emplace_back("stride", nullptr, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("padding", nullptr, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("block", nullptr, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("force_dense", nullptr, PluginFieldType::kINT32, 1);
-        mFields.emplace_back("tau_t", nullptr, PluginFieldType::kFLOAT32, 1);
-        mFields.emplace_back("tau_s", nullptr, PluginFieldType::kFLOAT32, 1);
-        mFields.emplace_back("dense_above", nullptr, PluginFieldType::kFLOAT32, 1);
-        mFc.nbFields = static_cast<int32_t>(mFields.size());
-        mFc.fields = mFields.data();
+    TripleSparseConvCreator() : trt::PluginCreatorBase(kIdentity) {
+        mFieldNames.add("stride", nullptr, PluginFieldType::kINT32, 1);
+        mFieldNames.add("padding", nullptr, PluginFieldType::kINT32, 1);
+        mFieldNames.add("block", nullptr, PluginFieldType::kINT32, 1);
+        mFieldNames.add("force_dense", nullptr, PluginFieldType::kINT32, 1);
+        mFieldNames.add("tau_t", nullptr, PluginFieldType::kFLOAT32, 1);
+        mFieldNames.add("tau_s", nullptr, PluginFieldType::kFLOAT32, 1);
+        mFieldNames.add("dense_above", nullptr, PluginFieldType::kFLOAT32, 1);
     }
 
     IPluginV3* createPlugin(AsciiChar const*, PluginFieldCollection const* fc, TensorRTPhase) noexcept override {
-        Attrs a;
-        for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
-            PluginField const& f = fc->fields[i];
-            if (f.name == nullptr || f.data == nullptr) continue;
-            std::string n(f.name);
-            bool ok = true;
-            if (n == "stride") ok = readInt(f, a.stride);
-            else if (n == "padding") ok = readInt(f, a.padding);
-            else if (n == "block") ok = readInt(f, a.block);
-            else if (n == "force_dense") ok = readInt(f, a.forceDense);
-            else if (n == "tau_t") ok = readFloat(f, a.tauT);
-            else if (n == "tau_s") ok = readFloat(f, a.tauS);
-            else if (n == "dense_above") ok = readFloat(f, a.denseAbove);
-            if (!ok) return nullptr;  // a field of the wrong type
+        try {
+            Attrs a;
+            for (int32_t i = 0; fc != nullptr && i < fc->nbFields; ++i) {
+                PluginField const& f = fc->fields[i];
+                if (f.data == nullptr) continue;  // an attribute without a value keeps its default
+                bool ok = true;
+                if (trt::fieldIs(f, "stride")) ok = trt::readInt(f, a.stride);
+                else if (trt::fieldIs(f, "padding")) ok = trt::readInt(f, a.padding);
+                else if (trt::fieldIs(f, "block")) ok = trt::readInt(f, a.block);
+                else if (trt::fieldIs(f, "force_dense")) ok = trt::readInt(f, a.forceDense);
+                else if (trt::fieldIs(f, "tau_t")) ok = trt::readFloat(f, a.tauT);
+                else if (trt::fieldIs(f, "tau_s")) ok = trt::readFloat(f, a.tauS);
+                else if (trt::fieldIs(f, "dense_above")) ok = trt::readFloat(f, a.denseAbove);
+                if (!ok) return nullptr;  // a field of the wrong type
+            }
+            tsc::Params probe;  // validate the attributes (shapes come later)
+            probe.k = 3;
+            probe.h = probe.w = 3;
+            probe.stride = a.stride;
+            probe.padding = a.padding;
+            probe.block = a.block;
+            probe.tau_t = a.tauT;
+            probe.tau_s = a.tauS;
+            if (tsc::validate(probe) != 0) return nullptr;
+            return new TripleSparseConvPlugin(a);
+        } catch (std::exception const&) {
+            return nullptr;
         }
-        tsc::Params probe;  // validate the attributes (shapes come later)
-        probe.k = 3;
-        probe.h = probe.w = 3;
-        probe.stride = a.stride;
-        probe.padding = a.padding;
-        probe.block = a.block;
-        probe.tau_t = a.tauT;
-        probe.tau_s = a.tauS;
-        if (tsc::validate(probe) != 0) return nullptr;
-        return new (std::nothrow) TripleSparseConvPlugin(a);
     }
-
-    PluginFieldCollection const* getFieldNames() noexcept override { return &mFc; }
-    AsciiChar const* getPluginName() const noexcept override { return kName; }
-    AsciiChar const* getPluginVersion() const noexcept override { return kVersion; }
-    AsciiChar const* getPluginNamespace() const noexcept override { return kNamespace; }
-
-private:
-    std::vector<PluginField> mFields;
-    PluginFieldCollection mFc{};
 };
 
 }  // namespace
 }  // namespace edgevis
 
-namespace nvinfer1 {
-using EdgevisTripleSparseConvCreator = edgevis::TripleSparseConvCreator;
-REGISTER_TENSORRT_PLUGIN(EdgevisTripleSparseConvCreator);
-}  // namespace nvinfer1
+// REGISTER_TENSORRT_PLUGIN registers under namespace ""; the second line makes the creator resolvable
+// under "edgevis" too, as ONNX nodes and engines ask (see common/plugin_utils.h).
+namespace edgevis {
+REGISTER_TENSORRT_PLUGIN(TripleSparseConvCreator);
+EDGEVIS_REGISTER_IN_PLUGIN_NAMESPACE(TripleSparseConvCreator);
+}  // namespace edgevis
