@@ -1,6 +1,7 @@
 """``torch.ops.edgevis.triple_sparse_conv`` and :func:`triple_sparse_conv`, the one function models call.
 
-Eager: CPU tensors run the fast gather-GEMM path (fast.py); CUDA tensors run the CUDA kernel
+Eager: CPU tensors run the fast gather-GEMM path (fast.py) directly, without the custom-op dispatch
+(per-layer overhead matters for small maps); CUDA tensors run the CUDA kernel
 through the torch extension (ext.py) when it builds, else the same fast path on the GPU.
 While exporting, the flavor picks the ONNX form (onnx_forms.py).
 """
@@ -68,6 +69,10 @@ def triple_sparse_conv(
     if exporting():
         return trt_form(x, x0, y0, weight, bias, **kw) if current_flavor() == "trt" else portable_form(
             x, x0, y0, weight, bias, **kw)
+    if not x.is_cuda and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and x.requires_grad):
+        # eager CPU: call the fast path directly (no custom-op dispatch, no defensive copy of y);
+        # y0_new is y itself, as documented
+        return triple_sparse_conv_fast(x, x0, y0, weight, bias, **kw)
     return tuple(torch.ops.edgevis.triple_sparse_conv(x, x0, y0, weight, bias, *kw.values()))  # type: ignore[return-value]
 
 

@@ -89,22 +89,29 @@ def check_inputs(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: to
 
 
 # ---- gate ------------------------------------------------------------------------------------------
-def _valid_count(size: int, like: torch.Tensor) -> torch.Tensor:
+def valid_count(size: int, like: torch.Tensor) -> torch.Tensor:
     """How many of (i-1, i, i+1) lie inside [0, size): 3 inside, 2 at a border (1 if size == 1)."""
     idx = torch.arange(size, device=like.device)
     return ((idx > 0).to(like.dtype) + 1 + (idx < size - 1).to(like.dtype))
 
 
+_valid_count = valid_count  # old name
+
+
 def pixel_stats(x: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-input-pixel residual and local variation, both (N, 1, H, W).
 
-    The 3x3 mean over valid neighbours is a depthwise box-sum divided by the neighbour count (the
-    same numbers as ``avg_pool2d(count_include_pad=False)``, several times faster on CPU).
+    The 3x3 mean over valid neighbours is a separable box sum of the zero-padded input (rows, then
+    columns, each ``(a + b) + c``) divided by the neighbour count: the same numbers as
+    ``avg_pool2d(count_include_pad=False)`` up to rounding, without a depthwise conv (which runs in
+    aten's slow_conv2d on CPU). The fast path (fast.py) does the same element operations in the same order.
     """
-    n, c, h, w = x.shape
+    _, _, h, w = x.shape
     r = (x - x0).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W)
-    box = F.conv2d(x, x.new_ones(c, 1, 3, 3), padding=1, groups=c)  # (N, C, H, W) 3x3 sums
-    count = _valid_count(h, x)[:, None] * _valid_count(w, x)[None, :]  # (H, W) valid neighbours
+    xp = F.pad(x, (1, 1, 1, 1))  # (N, C, H+2, W+2)
+    rows = xp[..., :-2] + xp[..., 1:-1] + xp[..., 2:]  # (N, C, H+2, W)
+    box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # (N, C, H, W) 3x3 sums
+    count = valid_count(h, x)[:, None] * valid_count(w, x)[None, :]  # (H, W) valid neighbours
     v = (x - box / count).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W)
     return r, v
 

@@ -1,0 +1,71 @@
+"""Fast CPU path internals: channels-last caches fed back, gate statistics, weight-matrix cache, eager op."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edgevis.plugins.sparse_conv import triple_sparse_conv
+from edgevis.plugins.sparse_conv.fast import _Buffers, _Plan, triple_sparse_conv_fast, weight_matrix
+from edgevis.plugins.sparse_conv.reference import pixel_stats, triple_sparse_conv_reference
+
+KW = dict(stride=1, padding=1, block=4, tau_t=0.3, tau_s=0.2)
+
+
+def frames(t=4, c=4, h=13, w=19, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, c, h, w, generator=g)
+    out = [x]
+    for i in range(1, t):
+        x = x.clone()
+        x[:, :, 2 + i:6 + i, 3:9] += torch.randn(1, c, 4, 6, generator=g)  # textured change
+        x[:, :, :, w - 5:] = 0.5 * i  # flat band that changes -> INTERPOLATE
+        out.append(x)
+    return out
+
+
+def test_caches_fed_back_match_reference_over_frames():
+    w, b = torch.randn(5, 4, 3, 3), torch.randn(5)
+    fx0, fy0 = torch.full((1, 4, 13, 19), float("-inf")), torch.zeros(1, 5, 13, 19)
+    rx0, ry0 = fx0.clone(), fy0.clone()
+    seen = set()
+    for x in frames():
+        fy, fx0, fy0, fd = triple_sparse_conv_fast(x, fx0, fy0, w, b, dense_above=2.0, **KW)
+        ry, rx0, ry0, rd = triple_sparse_conv_reference(x, rx0, ry0, w, b, **KW)
+        assert torch.equal(fd, rd)
+        torch.testing.assert_close(fy, ry, atol=1e-5, rtol=1e-5)
+        assert torch.equal(fx0, rx0)  # x0 is copied, never computed
+        seen |= set(fd.flatten().tolist())
+    assert fy.is_contiguous(memory_format=torch.channels_last) and fx0.is_contiguous(memory_format=torch.channels_last)
+    assert seen == {0, 1, 2}
+
+
+def test_buffer_statistics_equal_reference_pixel_stats():
+    x, x0 = torch.randn(2, 6, 9, 11), torch.randn(2, 6, 9, 11)
+    bufs, plan = _Buffers(2, 6, 9, 11, x.dtype, x.device), _Plan(2, 9, 11, 3, 1, 1, x.device)
+    bufs.ensure(x)
+    r, v = pixel_stats(x, x0)
+    torch.testing.assert_close(bufs.residual(x0.contiguous(memory_format=torch.channels_last)), r)
+    torch.testing.assert_close(bufs.variation(plan.count), v)
+    assert torch.equal(bufs.x[:, 0], torch.zeros_like(bufs.x[:, 0]))  # zero border kept
+
+
+def test_weight_matrix_cache_follows_in_place_updates():
+    conv = torch.nn.Conv2d(4, 5, 3, padding=1)
+    first = weight_matrix(conv.weight)
+    assert weight_matrix(conv.weight) is first  # cached
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    second = weight_matrix(conv.weight)
+    assert second is not first
+    torch.testing.assert_close(second, conv.weight.detach().permute(2, 3, 1, 0).reshape(-1, 5))
+
+
+def test_eager_op_returns_y_as_y0_new_and_matches_dense_on_dense_frame():
+    conv = torch.nn.Conv2d(4, 5, 3, padding=1)
+    x = torch.randn(1, 4, 13, 19)
+    with torch.no_grad():
+        y, x0n, y0n, d = triple_sparse_conv(x, torch.zeros_like(x), torch.zeros(1, 5, 13, 19), conv.weight, conv.bias,
+                                            force_dense=True, **KW)
+        assert torch.equal(y, F.conv2d(x, conv.weight, conv.bias, padding=1))
+    assert y0n is y and torch.equal(x0n, x) and bool((d == 2).all())
