@@ -69,3 +69,19 @@ def test_eager_op_returns_y_as_y0_new_and_matches_dense_on_dense_frame():
                                             force_dense=True, **KW)
         assert torch.equal(y, F.conv2d(x, conv.weight, conv.bias, padding=1))
     assert y0n is y and torch.equal(x0n, x) and bool((d == 2).all())
+
+
+def test_scratch_made_under_inference_mode_is_reusable_outside_it():
+    """The torch backend runs under inference_mode; onnxruntime's Python op then reuses the same
+    per-shape scratch outside it (``edgevis check`` does both in one process)."""
+    from edgevis.plugins.sparse_conv.fast import clear_buffers
+
+    clear_buffers()
+    w, b = torch.randn(5, 4, 3, 3), torch.randn(5)
+    xs = frames()
+    x0, y0 = torch.full((1, 4, 13, 19), float("-inf")), torch.zeros(1, 5, 13, 19)
+    with torch.inference_mode():
+        y_inf = triple_sparse_conv_fast(xs[1], xs[0], F.conv2d(xs[0], w, b, padding=1), w, b, dense_above=2.0, **KW)[0]
+    y, *_ = triple_sparse_conv_fast(xs[1], xs[0], F.conv2d(xs[0], w, b, padding=1), w, b, dense_above=2.0, **KW)
+    torch.testing.assert_close(y, y_inf.clone())
+    assert x0.isinf().all() and not y0.any()  # untouched inputs

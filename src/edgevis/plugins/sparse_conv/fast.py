@@ -176,11 +176,15 @@ class _Buffers:
     border stays 0), the gate's full-size temporaries and the grow-only im2col buffer."""
 
     def __init__(self, n: int, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.x = torch.zeros((n, h + 2, w + 2, c), dtype=dtype, device=device)
-        self.inner = self.x[:, 1:-1, 1:-1]  # (N, H, W, C) view
-        self.rows = self.x.new_empty((n, h + 2, w, c))
-        self.box = self.x.new_empty((n, h, w, c))  # also the residual's scratch
-        self.flat = self.x.new_empty(0)
+        # Normal tensors even when first made under torch.inference_mode (the torch backend): an
+        # inference tensor could not be written in place by a later call outside it (onnxruntime's
+        # Python op, training).
+        with torch.inference_mode(False):
+            self.x = torch.zeros((n, h + 2, w + 2, c), dtype=dtype, device=device)
+            self.inner = self.x[:, 1:-1, 1:-1]  # (N, H, W, C) view
+            self.rows = self.x.new_empty((n, h + 2, w, c))
+            self.box = self.x.new_empty((n, h, w, c))  # also the residual's scratch
+            self.flat = self.x.new_empty(0)
         self.ready = False  # whether ``x`` holds this call's input (reset by the caller)
 
     def ensure(self, x: torch.Tensor) -> None:
@@ -190,7 +194,8 @@ class _Buffers:
 
     def take(self, numel: int) -> torch.Tensor:
         if self.flat.numel() < numel:
-            self.flat = self.flat.new_empty(numel)
+            with torch.inference_mode(False):
+                self.flat = self.flat.new_empty(numel)
         return self.flat[:numel]
 
     def residual(self, x0: torch.Tensor) -> torch.Tensor:
