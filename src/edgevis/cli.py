@@ -150,10 +150,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.gpu:
+        from edgevis.bench.gpu import run_gpu_bench
+
+        run_gpu_bench(args.model, precision=args.precision, frames=args.frames, quick=args.quick,
+                      streams=args.streams, out_dir=Path(args.out))
+        return 0  # no CUDA device: a printed skip, not a failure
     from edgevis.bench.report import run_bench
 
     run_bench(args.model, backends=args.backends.split(","), frames=args.frames, quick=args.quick,
-              streams=args.streams, threads=args.threads, resolution=args.resolution, out_dir=Path(args.out))
+              streams=args.streams, threads=args.threads, resolution=args.resolution, out_dir=Path(args.out),
+              precision=args.precision)
     return 0
 
 
@@ -243,7 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="FPS / latency report vs the PyTorch baseline")
     s.add_argument("--model", required=True)
     s.add_argument("--backends", default="torch,ort", help="comma list of torch, ort, trt; or all (every backend present)")
-    s.add_argument("--frames", type=int, default=100)
+    s.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                   help="fp32 runs everywhere; trt builds engines at fp16/int8; torch fp16 needs --gpu; "
+                        "ort runs fp32 only on CPU (default fp32)")
+    s.add_argument("--gpu", action="store_true",
+                   help="GPU mode: PyTorch eager vs PyTorch + edgevis CUDA kernels vs TensorRT (if installed), "
+                        "CUDA-event timing and peak GPU memory; --backends and --threads do not apply (skipped "
+                        "with a message where there is no CUDA device)")
+    s.add_argument("--frames", type=int, default=None,
+                   help="timed frames (default: per model, sized so `make bench` fits in 15 min on 2 cores)")
     s.add_argument("--streams", type=int, default=1)
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--resolution", help="HxW (default: the model's deployment resolution)")

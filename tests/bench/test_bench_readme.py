@@ -27,3 +27,15 @@ def test_latest_row_per_key_and_readme_block(tmp_path):
     assert "176 ms" in text  # the papers' reference figures are quoted for scale
     assert not update_readme(readme, bench)  # idempotent
     assert text.index("## Performance") < text.index("## What is verified where")
+
+
+def test_readme_sparsity_columns(tmp_path):
+    from edgevis.bench.readme import render
+
+    sparse = {**_row("spvos", "torch", 5.0, "20260101-000000"), "sparsity": 0.425, "flops_saved_gflops": 3.5,
+              "flops_saved_pct": 21.0}
+    text = render([sparse, _row("spvos", "ort", 6.0, "20260101-000000")])
+    assert "| sparsity | FLOPs saved/frame |" in text
+    assert "| 42.5% | 3.50 GFLOPs (21.0%) |" in text
+    ort_line = next(ln for ln in text.splitlines() if ln.startswith("| spvos | 64x96 | ort |"))
+    assert "| - | - |" in ort_line  # no decisions read back from onnxruntime; older rows render the same

@@ -125,3 +125,20 @@ def test_backend_checks_each_feed_signature_once_and_still_rejects_bad_feeds(toy
         b(bad)
     with pytest.raises(EdgevisError, match=r"input 'h': received list"):
         b(dict(feeds, h=[0.0]))
+
+
+def test_plain_outputs_are_brought_to_the_host_and_states_stay_put():
+    from edgevis.runtime.policy import to_host
+
+    y, h = torch.ones(2), torch.empty(2, device="meta")  # "meta" stands in for a device tensor
+    out = to_host({"y": y, "h_out": h}, frozenset({"h_out"}))
+    assert out["y"] is y and out["h_out"] is h  # host tensors untouched; state never copied
+    with pytest.raises((NotImplementedError, RuntimeError)):  # a plain device output is copied to the host
+        to_host({"y": h}, frozenset())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backend_runner_keeps_state_on_device(toy, frames):
+    runner = StreamRunner(toy.policy(), open_backends(toy, "torch", device="cuda"))
+    res = runner.step([frames[0]])[0]
+    assert res.masks.dtype == bool and runner.states[0].h.device.type == "cuda"

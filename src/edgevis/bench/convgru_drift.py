@@ -28,7 +28,6 @@ Prints a Markdown table and appends a JSON row to reports/bench/convgru_drift.js
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgevis.bench.machine import append_jsonl, describe_machine
+from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine
 from edgevis.plugins.convgru import ConvGRUCell
 
 REPORT_FRAMES = (1, 10, 100, 300, 1000)
@@ -168,15 +167,14 @@ def run(frames: int, height: int, width: int, hid: int, seed: int, check_frames:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = bench_parser(__doc__, threads=1, threads_help="torch CPU threads (tiny tensors: 1 is fastest)",
+                     out="reports/bench/convgru_drift.jsonl")
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--height", type=int, default=48)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--hid", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--check-frames", type=int, default=10, help="frames of real CPU-FP16 convs to check the emulation")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (tiny tensors: 1 is fastest)")
-    p.add_argument("--out", default="reports/bench/convgru_drift.jsonl")
     args = p.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)

@@ -16,7 +16,6 @@ reports/bench/convgru_update.jsonl.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import torch
 from torch import Tensor
 
 from edgevis.bench.convgru_drift import machine_info
-from edgevis.bench.machine import append_jsonl
+from edgevis.bench.machine import append_jsonl, bench_parser
 from edgevis.plugins.convgru import convgru_update
 
 SHAPES = ((1, 256, 45, 80), (1, 256, 23, 40), (4, 256, 45, 80))
@@ -158,11 +157,9 @@ def bench_cuda(reps: int) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p = bench_parser(__doc__, reps=50, threads=0, threads_help="torch CPU threads (0: torch's default)",
+                     out="reports/bench/convgru_update.jsonl")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile (inductor) CPU row")
-    p.add_argument("--out", default="reports/bench/convgru_update.jsonl")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
@@ -74,3 +75,24 @@ def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> str:
     with p.open("a") as f:
         f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
     return str(p)
+
+
+def bench_parser(doc: str | None, *, prog: str | None = None, threads: int | str | None = None,
+                 threads_help: str | None = None, reps: int | None = None, warmup: int | None = None,
+                 out: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser the micro-benchmark scripts share: the module doc's first paragraph as the
+    description, plus ``--threads``, ``--reps``, ``--warmup`` and ``--out`` for each default given.
+
+    ``threads`` is an int (one thread count) or a string (a comma list the script sweeps, e.g. "1,2").
+    Scripts add their own options to the parser returned.
+    """
+    p = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0].strip() or None)
+    if threads is not None:
+        p.add_argument("--threads", type=type(threads), default=threads, help=threads_help)
+    if reps is not None:
+        p.add_argument("--reps", type=int, default=reps)
+    if warmup is not None:
+        p.add_argument("--warmup", type=int, default=warmup)
+    if out is not None:
+        p.add_argument("--out", default=out)
+    return p

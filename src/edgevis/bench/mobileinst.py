@@ -13,7 +13,6 @@ usage: python -m edgevis.bench.mobileinst [--model mobileinst] [--threads 1,2] [
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgevis.bench.machine import describe_machine
+from edgevis.bench.machine import bench_parser, describe_machine
 from edgevis.models.zoo import build_model
 
 PAPER_MS = 176.0  # MobileInst, one Snapdragon 778G CPU core (paper, COCO-size input)
@@ -178,12 +177,8 @@ def table(rows: list[dict], machine: dict, extra: dict, t0: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = bench_parser(__doc__, threads="1,2", reps=15, warmup=3, out="reports")
     p.add_argument("--model", default="mobileinst")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--reps", type=int, default=15)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--out", default="reports")
     p.add_argument("--reuse", action="store_true", help="reuse the exported ARM set under reports/bench/onnx-arm")
     a = p.parse_args(argv)
     run(a.model, [int(t) for t in a.threads.split(",")], a.reps, a.warmup, Path(a.out), a.reuse)

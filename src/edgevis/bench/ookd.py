@@ -11,7 +11,6 @@ usage: python -m edgevis.bench.ookd [--model ookd] [--threads 1,2] [--reps 10]
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgevis.bench.machine import describe_machine
+from edgevis.bench.machine import bench_parser, describe_machine
 from edgevis.models.zoo import build_model
 from edgevis.runtime.tracker import IdolTracker
 
@@ -149,12 +148,8 @@ def table(rows: list[dict], machine: dict, extra: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = bench_parser(__doc__, threads="1,2", reps=10, warmup=2, out="reports")
     p.add_argument("--model", default="ookd")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--out", default="reports")
     a = p.parse_args(argv)
     run(a.model, [int(t) for t in a.threads.split(",")], a.reps, a.warmup, Path(a.out))
     return 0

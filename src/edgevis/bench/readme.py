@@ -39,21 +39,36 @@ def latest_rows(bench_dir: Path) -> list[dict[str, Any]]:
     return sorted(best.values(), key=lambda r: (r["model"], r["machine"].get("cpu", ""), r["backend"]))
 
 
+def fmt_sparsity(row: Any) -> tuple[str, str]:
+    """The sparse-model cells (achieved sparsity, FLOPs saved per frame); "-" for dense models and for rows
+    whose gate decisions were not read (every backend but eager PyTorch)."""
+    get = row.get if isinstance(row, dict) else lambda k: getattr(row, k, None)
+    sp, saved, pct = get("sparsity"), get("flops_saved_gflops"), get("flops_saved_pct")
+    if sp is None or saved is None:
+        return "-", "-"
+    return f"{100 * sp:.1f}%", f"{saved:.2f} GFLOPs" + ("" if pct is None else f" ({pct:.1f}%)")
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     lines = [START, "", "Reproduce with `make bench` (all full-size models, every backend present) or "
-             "`edgevis bench --model M --backends torch,ort`. Speedup is against PyTorch eager on the same machine.", ""]
+             "`edgevis bench --model M --backends torch,ort`. Speedup is against PyTorch eager on the same machine. "
+             "Sparsity (share of the sparse convs' work the gate skips) and FLOPs saved are read from the eager "
+             "PyTorch run of sparse models; '-' elsewhere.", ""]
     if not rows:
         lines += ["No benchmark has been run yet.", ""]
     else:
-        lines += ["| model | resolution | backend | precision | FPS | speedup vs torch | p50 / p99 ms | runner overhead | machine |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| model | resolution | backend | precision | FPS | speedup vs torch | p50 / p99 ms | runner overhead | "
+                  "masks ms | sparsity | FLOPs saved/frame | machine |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             m = r["machine"]
             where = f"{m.get('cpu')} ({m.get('cores')} cores)" + (f", {m['gpu']}" if m.get("gpu") else "")
             sp = r.get("speedup_vs_torch")
+            masks = "" if r.get("masks_ms") is None else f"{r['masks_ms']:.2f}"  # rows from before masks were timed
             lines.append(f"| {r['model']} | {r['resolution']} | {r['backend']} | {r.get('precision', 'fp32')} | "
                          f"{r['fps']:.1f} | {'' if sp is None else f'{sp:.2f}x'} | {r['latency_p50_ms']:.1f} / "
-                         f"{r['latency_p99_ms']:.1f} | {r['runner_overhead_pct']:.1f}% | {where}, {r.get('threads')} threads |")
+                         f"{r['latency_p99_ms']:.1f} | {r['runner_overhead_pct']:.1f}% | "
+                         f"{masks} | {' | '.join(fmt_sparsity(r))} | {where}, {r.get('threads')} threads |")
         lines.append("")
     lines += [PAPER_FIGURES, "", END]
     return "\n".join(lines)

@@ -15,7 +15,6 @@ table and appends one JSON row (machine described) to ``reports/bench/seqformer.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import statistics
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgevis.bench.machine import append_jsonl, describe_machine
+from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine
 
 REPORT = Path("reports/bench/seqformer.jsonl")
 
@@ -146,10 +145,8 @@ def markdown(rows: list[dict[str, Any]], ratios: dict[str, Any], machine: dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m edgevis.bench.seqformer", description=__doc__.splitlines()[0])
+    p = bench_parser(__doc__, prog="python -m edgevis.bench.seqformer", warmup=1, threads=2)
     p.add_argument("--frames", type=int, default=3, help="timed runs per measurement")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tiny", action="store_true", help="tiny variants (smoke run)")
     p.add_argument("--onnx-dir", default=None, help="where the ONNX files go (default: a temporary folder)")
     p.add_argument("--report", default=str(REPORT))

@@ -176,10 +176,11 @@ def build_stage(trt: Any, onnx_path: Path, precision: str, env: Environment, eng
     return BuildResult(path, key, plan, True, reason)
 
 
-def build_engines(model_name: str, *, precision: str = "fp16", weights: str | None = None,
+def build_engines(model: str | Any, *, precision: str = "fp16", weights: str | None = None,
                   onnx_dir: Path = DEFAULT_ONNX_DIR, engine_dir: Path = DEFAULT_ENGINE_DIR, opt_batch: int = 1,
                   max_batch: int = MAX_BATCH, calib_frames: int = 64, force: bool = False) -> list[BuildResult]:
-    """Build (or reuse) every stage's engine of ``model_name``; prints one line per stage."""
+    """Build (or reuse) every stage's engine of ``model`` (a registry name or a built model); prints one
+    line per stage. INT8 records its calibration feeds (real frames through the model's policy) first."""
     from edgevis.runtime.backends.trt import import_tensorrt
 
     trt = import_tensorrt()  # before any export work: one clear line when TensorRT is missing
@@ -189,7 +190,8 @@ def build_engines(model_name: str, *, precision: str = "fp16", weights: str | No
 
     if precision not in PRECISIONS:
         raise PrecisionError(f"precision '{precision}' is unknown; expected one of {', '.join(PRECISIONS)}")
-    model = build_model(model_name, weights)
+    if isinstance(model, str):
+        model = build_model(model, weights)
     env = Environment.detect(trt.__version__)
     calls: dict[str, list] = {}
     if precision == "int8":
@@ -208,17 +210,8 @@ def build_engines(model_name: str, *, precision: str = "fp16", weights: str | No
 
 def open_engines(model: Any, *, onnx_dir: Path = DEFAULT_ONNX_DIR, engine_dir: Path = DEFAULT_ENGINE_DIR,
                  precision: str = "fp16") -> dict[str, Any]:
-    """One TrtBackend per stage, building engines that are missing or stale first."""
-    from edgevis.runtime.backends.trt import TrtBackend, import_tensorrt
+    """One TrtBackend per stage, building engines that are missing or stale first (as ``edgevis build``)."""
+    from edgevis.runtime.backends.trt import TrtBackend
 
-    trt = import_tensorrt()
-    from edgevis.runtime.pipeline import ensure_onnx
-
-    env = Environment.detect(trt.__version__)
-    out = {}
-    for stage in model.stages:
-        res = build_stage(trt, ensure_onnx(model, stage, "trt", Path(onnx_dir)), precision, env, Path(engine_dir))
-        if res.rebuilt:
-            print(res.line())
-        out[stage] = TrtBackend(res.path, expect_model=model.name, expect_stage=stage)
-    return out
+    results = build_engines(model, precision=precision, onnx_dir=Path(onnx_dir), engine_dir=Path(engine_dir))
+    return {r.key.stage: TrtBackend(r.path, expect_model=model.name, expect_stage=r.key.stage) for r in results}

@@ -51,9 +51,9 @@ def ensure_onnx(model: Any, stage: str, flavor: str = "portable", onnx_dir: Path
 
 def open_backends(
     model: Any, kind: str, *, flavor: str = "portable", onnx_dir: Path = DEFAULT_ONNX_DIR,
-    threads: int | None = None, device: str = "cpu",
+    threads: int | None = None, device: str = "cpu", precision: str = "fp16",
 ) -> dict[str, Backend]:
-    """One backend per stage of ``model`` (``kind`` in BACKENDS)."""
+    """One backend per stage of ``model`` (``kind`` in BACKENDS); ``precision`` is the TensorRT engines'."""
     if kind not in BACKENDS:
         raise EdgevisError(f"backend '{kind}' is unknown; expected one of {', '.join(BACKENDS)}")
     if kind == "torch":
@@ -63,7 +63,7 @@ def open_backends(
                               expect_stage=s) for s in model.stages}
     from edgevis.engines.build import open_engines  # TensorRT: lazily, with a clear error if missing
 
-    return open_engines(model, onnx_dir=onnx_dir)
+    return open_engines(model, onnx_dir=onnx_dir, precision=precision)
 
 
 @dataclass

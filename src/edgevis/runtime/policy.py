@@ -37,8 +37,18 @@ class StepItem:
     timings_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
+def to_host(out: dict[str, torch.Tensor], keep_on_device: frozenset[str]) -> dict[str, torch.Tensor]:
+    """Plain outputs on the host (policies post-process them with numpy); state outputs stay where the
+    backend keeps them, so a GPU backend's recurrent state never leaves the device."""
+    return {k: v if k in keep_on_device or v.device.type == "cpu" else v.cpu() for k, v in out.items()}
+
+
 class StageCaller:
-    """Calls a stage's backend once per group of same-shaped feeds (the streams' batch)."""
+    """Calls a stage's backend once per group of same-shaped feeds (the streams' batch).
+
+    Plain outputs come back on the host; the copy from a GPU backend is inside the timed region
+    (it is where an asynchronous backend such as TensorRT finishes), states stay on the device.
+    """
 
     def __init__(self, backends: dict[str, Backend]) -> None:
         self.backends = backends
@@ -57,7 +67,7 @@ class StageCaller:
         for idx in groups.values():
             batch = feeds[idx[0]] if len(idx) == 1 else {k: torch.cat([feeds[i][k] for i in idx]) for k in feeds[idx[0]]}
             t0 = time.perf_counter()
-            out = backend(batch)
+            out = to_host(backend(batch), backend.state_outputs)
             ms = (time.perf_counter() - t0) * 1e3
             self.backend_ms += ms
             for j, i in enumerate(idx):

@@ -21,6 +21,7 @@ class Backend(ABC):
 
     def __init__(self, spec: IOSpec) -> None:
         self.spec = spec
+        self.state_outputs = frozenset(s.name_out for s in spec.states)  # stay on the backend's device
         self._checked: dict[tuple, dict[str, int]] = {}  # feed signature -> bound dims
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
