@@ -131,6 +131,10 @@ class LazyMasks:
         if rows is not None:
             rows = np.asarray(rows)
             rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.int64, copy=False)
+        if isinstance(logits, torch.Tensor) and logits.device.type == "cpu":
+            # a numpy view (no copy): post-processing with torch ops would wake torch's OpenMP pool,
+            # whose spinning threads then steal the cores from onnxruntime's next call
+            logits = logits.detach().numpy()
         self.logits, self.lb, self.threshold, self.rows = logits, lb, threshold, rows
         n = logits.shape[0] if rows is None else len(rows)
         self.shape = (int(n), *lb.src_hw)  # (N, H_src, W_src)

@@ -40,13 +40,14 @@ class ToyPolicy(Policy):
         results = []
         for it, lb, out in zip(items, boxes, outs):
             it.state.h = out["h_out"]
-            peak = out["scores"][0].numpy()  # (K,) each channel's peak logit
-            keep = np.flatnonzero(peak > self.threshold)
-            masks = LazyMasks(out["logits"][0], lb, self.threshold, rows=keep)  # (N, H, W) on first access
-            scores = 1.0 / (1.0 + np.exp(-peak))
+            # numpy views, not torch indexing: a few host ops per frame, kept off torch's dispatcher
+            peak = out["scores"].numpy()[0]  # (K,) each channel's peak logit
+            keep = np.flatnonzero(peak > self.threshold).astype(np.int64, copy=False)  # (N,)
+            masks = LazyMasks(out["logits"].numpy()[0], lb, self.threshold, rows=keep)  # (N, H, W) on first access
+            ids = keep + 1  # track id = class id = channel + 1
             results.append(FrameResult(
-                stream=it.state.stream, index=it.state.index, masks=masks,
-                track_ids=(keep + 1).astype(np.int64), class_ids=(keep + 1).astype(np.int64),
-                scores=scores[keep].astype(np.float32), timings_ms={}, source_hw=it.state.source_hw,
+                stream=it.state.stream, index=it.state.index, masks=masks, track_ids=ids, class_ids=ids.copy(),
+                scores=(1.0 / (1.0 + np.exp(-peak[keep]))).astype(np.float32, copy=False), timings_ms={},
+                source_hw=it.state.source_hw,
             ))
         return results
