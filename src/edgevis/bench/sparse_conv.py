@@ -302,13 +302,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in sw:
         print(f"| {r['active']:.0%} | {r['ms_dense']:.1f} ({r['ms_dense_min']:.1f}) | {r['ms_sparse']:.1f} "
               f"({r['ms_sparse_min']:.1f}) | {r['ms_dense'] / r['ms_sparse']:.2f}x "
-              f"({r['ms_dense_min'] / r['ms_sparse_min']:.2f}x) | {r['load_1m']} |")
+              f"({r['ms_dense_min'] / r['ms_sparse_min']:.2f}x) | {r['load_1m']:.2f} |")
     print(f"\nbreak-even active fraction: {summary['break_even_active']:.0%} (from min times: "
           f"{summary['break_even_active_min']:.0%}); speedup at 75% REUSE: {summary['speedup_at_75_reuse']:.2f}x "
           f"(min times {summary['speedup_at_75_reuse_min']:.2f}x)")
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # timings are only valid on a quiet machine
-    print(f"load average at the end: {load} (over the core count, other processes distorted the timings)")
+    busy = load is not None and load[0] > (os.cpu_count() or 1)
+    print(f"load average at the end: {tuple(round(x, 2) for x in load or ())}"
+          + (" — over the core count: other processes distorted the timings" if busy else ""))
     row = dict(bench="sparse_conv", time=time.strftime("%Y-%m-%dT%H:%M:%S"), machine=describe_machine(),
                load_average=load,
                threads=args.threads, footage="synthetic camera-like (procedural)", frames=args.frames,
