@@ -85,3 +85,51 @@ def test_scratch_made_under_inference_mode_is_reusable_outside_it():
     y, *_ = triple_sparse_conv_fast(xs[1], xs[0], F.conv2d(xs[0], w, b, padding=1), w, b, dense_above=2.0, **KW)
     torch.testing.assert_close(y, y_inf.clone())
     assert x0.isinf().all() and not y0.any()  # untouched inputs
+
+
+def _decision_case(k, p, block, h=13, w=19, n=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, x0 = torch.randn(n, 6, h, w, generator=g), torch.randn(n, 6, h, w, generator=g)
+    wt, b = torch.randn(7, 6, k, k, generator=g), torch.randn(7, generator=g)
+    ho, wo = h + 2 * p - k + 1, w + 2 * p - k + 1
+    y0 = torch.randn(n, 7, ho, wo, generator=g)
+    return x, x0, y0, wt, b, (n, -(-ho // block), -(-wo // block))
+
+
+def _check_apply(x, x0, y0, wt, b, d, p, block):
+    from edgevis.plugins.sparse_conv.fast import apply_decisions_fast
+    from edgevis.plugins.sparse_conv.reference import apply_decisions
+
+    fy, fx0 = apply_decisions_fast(x, x0, y0, wt, b, d, 1, p, block, dense_above=2.0)
+    ry, rx0 = apply_decisions(x, x0, y0, wt, b, d, 1, p, block)
+    torch.testing.assert_close(fy, ry, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fx0, rx0)
+    return fy, fx0
+
+
+def test_partial_edge_blocks_match_reference():
+    """Random decisions with COMPUTE on the partial last block row/column (13x19 is no multiple of the
+    block): outputs beyond the image edge are dropped."""
+    for k, p in ((3, 1), (3, 0), (1, 0)):
+        for block in (4, 8, 16):
+            x, x0, y0, wt, b, dshape = _decision_case(k, p, block)
+            d = torch.randint(0, 3, dshape, generator=torch.Generator().manual_seed(block), dtype=torch.int32)
+            d[:, -1, :] = 2  # every partial edge block COMPUTE
+            d[:, :, -1] = 2
+            _check_apply(x, x0, y0, wt, b, d, p, block)
+
+
+def test_every_block_active_equals_dense_conv():
+    for k, p in ((3, 1), (1, 0)):
+        x, x0, y0, wt, b, dshape = _decision_case(k, p, 8, h=24, w=21)
+        d = torch.full(dshape, 2, dtype=torch.int32)
+        fy, fx0 = _check_apply(x, x0, y0, wt, b, d, p, 8)
+        torch.testing.assert_close(fy, F.conv2d(x, wt, b, padding=p), atol=1e-5, rtol=1e-5)
+        assert torch.equal(fx0, x)
+
+
+def test_no_block_active_returns_the_caches():
+    x, x0, y0, wt, b, dshape = _decision_case(3, 1, 8)
+    fy, fx0 = _check_apply(x, x0, y0, wt, b, torch.zeros(dshape, dtype=torch.int32), 1, 8)
+    assert torch.equal(fy, y0) and torch.equal(fx0, x0)
+
