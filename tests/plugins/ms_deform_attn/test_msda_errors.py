@@ -33,6 +33,22 @@ def call_both(x: dict[str, torch.Tensor], match: str) -> None:
         torch.ops.edgevis.ms_deform_attn(*x.values())
 
 
+
+def edgevis_error_from_export(module: torch.nn.Module, tmp_path, **options) -> str:
+    """Export ``module`` (value, locations, weights) in the portable flavor; the EdgevisError's message
+    (torch.onnx wraps it in its own errors, so the cause chain is searched)."""
+    x = good()
+    with export_flavor("portable", **options), pytest.raises(Exception) as info:
+        torch.onnx.export(module.eval(), (x["value"], x["sampling_locations"], x["attention_weights"]),
+                          str(tmp_path / "m.onnx"), dynamo=True, external_data=False, opset_version=18)
+    chain, e = [], info.value
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    ours = [e for e in chain if isinstance(e, EdgevisError)]
+    assert ours, f"no EdgevisError in {[type(e).__name__ for e in chain]}"
+    return str(ours[0])
+
 def test_good_input_passes() -> None:
     assert ms_deform_attn(*good().values()).shape == (2, 5, 6)
 
@@ -140,23 +156,8 @@ def test_export_without_static_shapes_says_how_to_fix(tmp_path) -> None:
             ss = torch.tensor(SHAPES, dtype=torch.int64)
             return ms_deform_attn(value, ss, torch.tensor(level_starts(SHAPES)), loc, w)
 
-    x = good()
-    with export_flavor("portable"), pytest.raises(Exception) as info:  # torch.onnx wraps it in TorchExportError
-        torch.onnx.export(
-            NoShapes().eval(),
-            (x["value"], x["sampling_locations"], x["attention_weights"]),
-            str(tmp_path / "m.onnx"),
-            dynamo=True,
-            external_data=False,
-            opset_version=18,
-        )
-    chain, e = [], info.value
-    while e is not None:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    ours = [e for e in chain if isinstance(e, EdgevisError)]
-    assert ours, f"no EdgevisError in {[type(e).__name__ for e in chain]}"
-    assert re.search(r"needs the level shapes as Python ints.*shapes=\(\(H0, W0\), \(H1, W1\), \.\.\.\)", str(ours[0]))
+    err = edgevis_error_from_export(NoShapes(), tmp_path)
+    assert re.search(r"needs the level shapes as Python ints.*shapes=\(\(H0, W0\), \(H1, W1\), \.\.\.\)", err)
 
 
 def test_removed_gather_option_is_refused_at_export(tmp_path) -> None:
@@ -166,20 +167,5 @@ def test_removed_gather_option_is_refused_at_export(tmp_path) -> None:
         def forward(self, value: torch.Tensor, loc: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
             return ms_deform_attn(value, None, None, loc, w, shapes=SHAPES)
 
-    x = good()
-    with export_flavor("portable", msda_gather="cells"), pytest.raises(Exception) as info:
-        torch.onnx.export(
-            Msda().eval(),
-            (x["value"], x["sampling_locations"], x["attention_weights"]),
-            str(tmp_path / "m.onnx"),
-            dynamo=True,
-            external_data=False,
-            opset_version=18,
-        )
-    chain, e = [], info.value
-    while e is not None:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
-    ours = [e for e in chain if isinstance(e, EdgevisError)]
-    assert ours, f"no EdgevisError in {[type(e).__name__ for e in chain]}"
-    assert re.search(r"msda_gather='cells'.*expected no msda_gather option.*drop it", str(ours[0]))
+    err = edgevis_error_from_export(Msda(), tmp_path, msda_gather="cells")
+    assert re.search(r"msda_gather='cells'.*expected no msda_gather option.*drop it", err)
