@@ -53,7 +53,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     lines = [START, "", "Reproduce with `make bench` (all full-size models, every backend present) or "
              "`edgevis bench --model M --backends torch,ort`. Speedup is against PyTorch eager on the same machine. "
              "Sparsity (share of the sparse convs' work the gate skips) and FLOPs saved are read from the eager "
-             "PyTorch run of sparse models; '-' elsewhere.", ""]
+             "PyTorch run of sparse models; '-' elsewhere. The full-size models run with untrained weights (no "
+             "checkpoint exists for them), so their speed is real but a full-size SpVOS's sparsity only shows what "
+             "the gate does on untrained features: it is not an accuracy-preserving setting.", ""]
     if not rows:
         lines += ["No benchmark has been run yet.", ""]
     else:
