@@ -114,11 +114,10 @@ def _enable_kernels(msda_ext: Any, tsc_ext: Any) -> dict[str, str]:
 
 
 def _open(model: Any, variant: str, precision: str, onnx_dir: Path) -> dict[str, Backend]:
-    from edgevis.bench.report import open_bench_backends
     from edgevis.runtime.pipeline import open_backends
 
-    if variant == "trt":
-        return open_bench_backends(model, "trt", precision, threads=1, onnx_dir=onnx_dir)  # host outputs already
+    if variant == "trt":  # engines built (or reused) at ``precision``
+        return open_backends(model, "trt", threads=1, onnx_dir=onnx_dir, precision=precision)
     stages = open_backends(model, "torch", device="cuda")
     return {s: CudaStage(b, autocast=precision == "fp16") for s, b in stages.items()}
 

@@ -1,4 +1,5 @@
-"""Describe the machine a number came from (CPU, cores, GPU, driver, library versions)."""
+"""Describe the machine a number came from (CPU, cores, GPU, driver, library versions); helpers the
+benchmark scripts share (argument parser, median timing, JSONL rows)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import argparse
 import os
 import platform
 import re
+import statistics
+import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -96,3 +100,18 @@ def bench_parser(doc: str | None, *, prog: str | None = None, threads: int | str
     if out is not None:
         p.add_argument("--out", default=out)
     return p
+
+
+def median_ms(fn: Callable[[], Any], *, warmup: int, iters: int, sync: Callable[[], None] = lambda: None) -> float:
+    """Median wall time of ``fn`` in ms over ``iters`` calls after ``warmup`` calls; ``sync`` (a device
+    synchronisation, say) runs after the warm-up and inside each timed call."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)

@@ -14,7 +14,6 @@ usage: python -m edgevis.bench.mobileinst [--model mobileinst] [--threads 1,2] [
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgevis.bench.machine import bench_parser, describe_machine
+from edgevis.bench.machine import bench_parser, describe_machine, median_ms
 from edgevis.models.zoo import build_model
 
 PAPER_MS = 176.0  # MobileInst, one Snapdragon 778G CPU core (paper, COCO-size input)
-
-
-def _median_ms(fn, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def frames_for(model: Any, n: int = 4) -> list[np.ndarray]:
@@ -55,9 +43,9 @@ def time_torch(model: Any, image: np.ndarray, threads: int, reps: int, warmup: i
         x_mask, x6 = model.stage("frame")(x)
         kernels, _, _ = model.stage("key")(x_mask, x6)
         return {
-            "G1": _median_ms(lambda: model.stage("frame")(x), reps, warmup),
-            "G2": _median_ms(lambda: model.stage("key")(x_mask, x6), reps, warmup),
-            "G3": _median_ms(lambda: model.stage("mask")(kernels, x_mask), reps, warmup),
+            "G1": median_ms(lambda: model.stage("frame")(x), warmup=warmup, iters=reps),
+            "G2": median_ms(lambda: model.stage("key")(x_mask, x6), warmup=warmup, iters=reps),
+            "G3": median_ms(lambda: model.stage("mask")(kernels, x_mask), warmup=warmup, iters=reps),
         }
 
 
@@ -68,9 +56,9 @@ def time_ort(paths: dict[str, Path], image: np.ndarray, threads: int, reps: int,
     x_mask, x6 = s["frame"].run(["x_mask", "x6"], {"image": image})
     kernels = s["key"].run(["kernels"], {"x_mask": x_mask, "x6": x6})[0]
     return {
-        "G1": _median_ms(lambda: s["frame"].run(None, {"image": image}), reps, warmup),
-        "G2": _median_ms(lambda: s["key"].run(None, {"x_mask": x_mask, "x6": x6}), reps, warmup),
-        "G3": _median_ms(lambda: s["mask"].run(None, {"kernels": kernels, "x_mask": x_mask}), reps, warmup),
+        "G1": median_ms(lambda: s["frame"].run(None, {"image": image}), warmup=warmup, iters=reps),
+        "G2": median_ms(lambda: s["key"].run(None, {"x_mask": x_mask, "x6": x6}), warmup=warmup, iters=reps),
+        "G3": median_ms(lambda: s["mask"].run(None, {"kernels": kernels, "x_mask": x_mask}), warmup=warmup, iters=reps),
     }
 
 

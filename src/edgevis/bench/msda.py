@@ -14,17 +14,15 @@ Prints a Markdown table and appends one JSON row per run, machine described, to
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgevis.bench.machine import append_jsonl, describe_machine
+from edgevis.bench.machine import append_jsonl, describe_machine, median_ms
 from edgevis.plugins.ms_deform_attn import level_starts, ms_deform_attn, ms_deform_attn_reference
 
 LEVELS_360x640 = ((45, 80), (23, 40), (12, 20), (6, 10))
@@ -47,19 +45,6 @@ def make_inputs(B: int, Q: int, M: int, P: int, D: int, shapes: tuple, seed: int
         "sampling_locations": torch.rand(B, Q, M, L, P, 2, generator=g),  # (B, Q, M, L, P, 2)
         "attention_weights": w / w.sum((-1, -2), keepdim=True),  # (B, Q, M, L, P)
     }
-
-
-def _median_ms(fn: Callable[[], Any], warmup: int, iters: int, sync: Callable[[], None] = lambda: None) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 class _Msda(torch.nn.Module):
@@ -103,7 +88,7 @@ def bench_cpu(name: str, threads: int, warmup: int, iters: int, workdir: Path) -
     torch.set_num_threads(threads)
     with torch.inference_mode():
         ref = ms_deform_attn_reference(**x)
-        ref_ms = _median_ms(lambda: ms_deform_attn_reference(**x), warmup, iters)
+        ref_ms = median_ms(lambda: ms_deform_attn_reference(**x), warmup=warmup, iters=iters)
     sess = portable_session(cfg["shapes"], x, threads, workdir)
     feeds = {
         "value": x["value"].numpy(),
@@ -111,7 +96,7 @@ def bench_cpu(name: str, threads: int, warmup: int, iters: int, workdir: Path) -
         "weights": x["attention_weights"].numpy(),
     }
     out = sess.run(None, feeds)[0]
-    ort_ms = _median_ms(lambda: sess.run(None, feeds), warmup, iters)
+    ort_ms = median_ms(lambda: sess.run(None, feeds), warmup=warmup, iters=iters)
     return {
         "size": name,
         "torch_reference_ms": ref_ms,
@@ -133,8 +118,8 @@ def bench_gpu(name: str, warmup: int, iters: int, dtype: torch.dtype) -> dict[st
     with torch.inference_mode():
         ref = ms_deform_attn_reference(*args)
         out = kernel.forward(*args)
-        ref_ms = _median_ms(lambda: ms_deform_attn_reference(*args), warmup, iters, sync)
-        k_ms = _median_ms(lambda: kernel.forward(*args), warmup, iters, sync)
+        ref_ms = median_ms(lambda: ms_deform_attn_reference(*args), warmup=warmup, iters=iters, sync=sync)
+        k_ms = median_ms(lambda: kernel.forward(*args), warmup=warmup, iters=iters, sync=sync)
     nbytes = sum(t.numel() * t.element_size() for t in args) + out.numel() * out.element_size()
     return {
         "size": name,

@@ -20,22 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgevis.bench.machine import bench_parser, describe_machine
+from edgevis.bench.machine import bench_parser, describe_machine, median_ms
 from edgevis.models.zoo import build_model
 from edgevis.runtime.tracker import IdolTracker
 
 TRACKER_TARGET_MS = 2.0
-
-
-def _median_ms(fn, reps: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def frame_input(model: Any) -> torch.Tensor:
@@ -51,7 +40,7 @@ def time_torch(model: Any, image: torch.Tensor, threads: int, reps: int, warmup:
     torch.set_num_threads(threads)
     stage = model.stage("frame").eval()
     with torch.inference_mode():
-        return _median_ms(lambda: stage(image), reps, warmup)
+        return median_ms(lambda: stage(image), warmup=warmup, iters=reps)
 
 
 def time_ort(path: Path, image: torch.Tensor, threads: int, reps: int, warmup: int) -> float:
@@ -59,7 +48,7 @@ def time_ort(path: Path, image: torch.Tensor, threads: int, reps: int, warmup: i
 
     backend = OrtBackend(path, threads=threads)
     feeds = {"image": image}
-    ms = _median_ms(lambda: backend(feeds), reps, warmup)
+    ms = median_ms(lambda: backend(feeds), warmup=warmup, iters=reps)
     backend.close()
     return ms
 

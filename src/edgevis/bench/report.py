@@ -163,10 +163,6 @@ def bench_clip(hw: tuple[int, int], n: int, seed: int = 5) -> Any:
     return make_clip(seed, num_frames=n, height=hw[0], width=hw[1], num_objects=3)
 
 
-def bench_frames(hw: tuple[int, int], n: int, seed: int = 5) -> np.ndarray:
-    return bench_clip(hw, n, seed).frames
-
-
 def policy_options(model: Any, clip: Any) -> dict[str, Any]:
     """Options a policy needs to run at all (SpVOS: first-frame masks, from the clip's ground truth)."""
     options = getattr(model, "check_policy_options", None)
@@ -226,16 +222,11 @@ def measure(runner: StreamRunner, frames: np.ndarray, *, warmup: int, streams: i
     return stats, latencies
 
 
-def open_bench_backends(model: Any, backend: str, precision: str, *, threads: int, onnx_dir: Path) -> dict[str, Any]:
-    """The stage backends of one bench row; ``trt`` engines are built (or reused) at ``precision``."""
-    return open_backends(model, backend, threads=threads, onnx_dir=onnx_dir, precision=precision)
-
-
 def bench_backend(model: Any, backend: str, frames: np.ndarray, *, warmup: int, streams: int, threads: int,
                   onnx_dir: Path, precision: str = "fp32", options: dict[str, Any] | None = None,
                   probe: Any = None) -> tuple[dict[str, Any], list[float]]:
     runner = StreamRunner(model.policy(**(options or {})),
-                          open_bench_backends(model, backend, precision, threads=threads, onnx_dir=onnx_dir),
+                          open_backends(model, backend, threads=threads, onnx_dir=onnx_dir, precision=precision),
                           num_streams=streams)
     if backend == "torch":
         torch.set_num_threads(threads)

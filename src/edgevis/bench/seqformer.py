@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine
+from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine, median_ms
 
 REPORT = Path("reports/bench/seqformer.jsonl")
 
@@ -51,17 +49,6 @@ class RecurrentEncoderOnly(nn.Module):
                 h2: torch.Tensor, h3: torch.Tensor, h4: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs, new = self.net.encode_recurrent([l0, l1, l2, l3], [h1, h2, h3, h4])
         return (self.net.flatten_levels(outs), *new)
-
-
-def median_ms(fn: Callable[[], Any], warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
 
 
 def gmacs(module: nn.Module, args: tuple[torch.Tensor, ...]) -> float:
@@ -113,14 +100,14 @@ def bench_model(name: str, frames: int, warmup: int, threads: int, onnx_dir: Pat
     for s in model.stages:
         spec = model.iospec(s)
         tb = TorchBackend(model.stage(s), spec)
-        ms["torch"][s] = median_ms(lambda tb=tb, f=feeds[s]: tb(f), warmup, frames)
+        ms["torch"][s] = median_ms(lambda tb=tb, f=feeds[s]: tb(f), warmup=warmup, iters=frames)
         ob = OrtBackend(ensure_onnx(model, s, "portable", onnx_dir), threads=threads)
-        ms["ort"][s] = median_ms(lambda ob=ob, f=feeds[s]: ob(f), warmup, frames)
+        ms["ort"][s] = median_ms(lambda ob=ob, f=feeds[s]: ob(f), warmup=warmup, iters=frames)
         ob.close()
     with torch.inference_mode():
-        ms["torch"]["encoder"] = median_ms(lambda: enc(*enc_args), warmup, frames)
+        ms["torch"]["encoder"] = median_ms(lambda: enc(*enc_args), warmup=warmup, iters=frames)
     run = ort_session(enc, enc_args, onnx_dir / f"{name}.encoder.onnx", threads)
-    ms["ort"]["encoder"] = median_ms(run, warmup, frames)
+    ms["ort"]["encoder"] = median_ms(run, warmup=warmup, iters=frames)
     row["latency_ms"] = {b: {k: round(v, 1) for k, v in d.items()} for b, d in ms.items()}
     return row
 
