@@ -10,7 +10,9 @@ Features come from a fixed random conv stack (seeded, ReLU) over the 480x864 fra
 features. For every frame it reports the REUSE / INTERPOLATE / COMPUTE fractions, FLOPs saved, the
 wall-clock of the sparse fast path (gate included) vs dense ``conv2d`` with the same threads, and the
 relative output error vs dense. A second part sweeps the active fraction with controlled random gates
-to find the CPU break-even and the speedup at 75% REUSE.
+to find the CPU break-even and the speedup at 75% REUSE, and times the same path with every block
+COMPUTE, so the gain of the conv algorithm (Winograd cells, see fast.py) is told apart from the gain of
+skipping.
 
     python -m edgevis.bench.sparse_conv                # 300 frames, 2 threads
     python -m edgevis.bench.sparse_conv --frames 40    # quick
@@ -32,10 +34,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from edgevis.bench.machine import describe_machine
 from edgevis.plugins.sparse_conv.fast import SparseConvStats, triple_sparse_conv_fast
-from edgevis.plugins.sparse_conv.reference import COMPUTE, INTERPOLATE
+from edgevis.plugins.sparse_conv.reference import COMPUTE, INTERPOLATE, expand_blocks
 
 REPORT = Path("reports/bench/sparse_conv.jsonl")
 
@@ -183,47 +186,70 @@ def study_video(feats: list[torch.Tensor], layer: torch.nn.Conv2d, tau_t: float,
 
 
 def controlled_x0(x: torch.Tensor, block: int, fraction: float, seed: int = 0) -> torch.Tensor:
-    """A previous input for ``x`` that differs (by +1) only inside a random ``fraction`` of the blocks,
-    away from their 1-pixel border, so that the real gate marks exactly those blocks changed (3x3
-    receptive fields of neighbouring blocks do not see the change)."""
+    """A previous input for ``x`` that differs (by +1) only inside ``round(fraction * blocks)`` random
+    full b x b blocks (partial edge blocks are left static, so the changed pixel fraction is
+    exactly what was asked for, up to one block), away from their 1-pixel border, so that the real gate
+    marks exactly those blocks changed (3x3 receptive fields of neighbouring blocks do not see the change)."""
     h, w = x.shape[-2:]
-    nbh, nbw = -(-h // block), -(-w // block)
+    nbh, nbw = h // block, w // block
     g = torch.Generator().manual_seed(seed)
+    want = round(fraction * h * w / (block * block))
     x0 = x.clone()
-    for bi, bj in (torch.rand(nbh, nbw, generator=g) < fraction).nonzero().tolist():
-        x0[:, :, bi * block + 1:min(bi * block + block - 1, h - 1), bj * block + 1:min(bj * block + block - 1, w - 1)] += 1
+    for i in torch.randperm(nbh * nbw, generator=g)[: min(want, nbh * nbw)].tolist():
+        bi, bj = divmod(i, nbw)
+        x0[:, :, bi * block + 1:bi * block + block - 1, bj * block + 1:bj * block + block - 1] += 1
     return x0
 
 
+def _pixel_fraction(d: torch.Tensor, block: int, ho: int, wo: int, which: int) -> float:
+    """Fraction of output pixels whose block decision is ``which`` (edge blocks count their real size)."""
+    return float((expand_blocks(d, block, ho, wo) == which).float().mean())
+
+
 def sweep_active(x: torch.Tensor, layer: torch.nn.Conv2d, block: int, fractions: list[float], reps: int,
-                 tau_t: float, tau_s: float, seed: int = 0) -> list[dict[str, float]]:
+                 tau_t: float, tau_s: float, seed: int = 0, x0: torch.Tensor | None = None) -> list[dict[str, float]]:
     """Controlled gates: random blocks change (see :func:`controlled_x0`), the rest is static. Each sparse
     call is the whole :func:`triple_sparse_conv_fast` (gate, gather, GEMM, scatter, cache update) with
-    the caches in the layout it produces itself (channels-last), timed interleaved with dense ``conv2d``."""
+    the caches in the layout it produces itself (channels-last), timed interleaved with dense ``conv2d``.
+
+    Two layouts of the input ``x``: NCHW (as a default PyTorch network hands it over; dense ``conv2d``
+    on it is the baseline of the target) and channels-last (a network kept in channels-last memory
+    format, where dense ``conv2d`` is itself faster); each sparse call is compared with the dense call on
+    the same input. ``x0`` overrides the controlled previous input (one fraction then)."""
     w, b = layer.weight.detach(), layer.bias.detach()
     y0 = F.conv2d(x, w, b, padding=1).contiguous(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    ho, wo = y0.shape[-2:]
     out = []
-    for f in fractions:
-        x0 = controlled_x0(x, block, f, seed).contiguous(memory_format=torch.channels_last)
-        t_d, t_s = [], []
+    x0_given = x0
+    for f in tqdm(fractions, desc="active-fraction sweep", leave=False):
+        x0 = (controlled_x0(x, block, f, seed) if x0_given is None else x0_given).contiguous(
+            memory_format=torch.channels_last)
+        times: dict[str, list[float]] = {"dense": [], "sparse": [], "dense_cl": [], "sparse_cl": []}
         d = None
-        for _ in range(reps):  # interleaved, so both see the same load
-            t_d.append(_timed(lambda: F.conv2d(x, w, b, padding=1))[1])
-            res, ms = _timed(lambda: triple_sparse_conv_fast(x, x0, y0, w, b, stride=1, padding=1, block=block,  # noqa: B023
-                                                             tau_t=tau_t, tau_s=tau_s, dense_above=2.0))
-            t_s.append(ms)
-            d = res[3]
+        for _ in range(reps):  # interleaved, so all see the same load
+            for key, xin in (("", x), ("_cl", x_cl)):
+                times["dense" + key].append(_timed(lambda: F.conv2d(xin, w, b, padding=1))[1])  # noqa: B023
+                res, ms = _timed(lambda: triple_sparse_conv_fast(xin, x0, y0, w, b, stride=1, padding=1,  # noqa: B023
+                                                                 block=block, tau_t=tau_t, tau_s=tau_s,
+                                                                 dense_above=2.0))
+                times["sparse" + key].append(ms)
+                d = res[3]
         assert d is not None
-        out.append(dict(target=f, active=float((d == COMPUTE).float().mean()),
-                        interpolate=float((d == INTERPOLATE).float().mean()), ms_dense=_median(t_d),
-                        ms_sparse=_median(t_s), ms_dense_min=min(t_d), ms_sparse_min=min(t_s),
-                        load_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else None))
+        row = dict(target=f, active=_pixel_fraction(d, block, ho, wo, COMPUTE),
+                   interpolate=_pixel_fraction(d, block, ho, wo, INTERPOLATE),
+                   load_1m=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+        for key, t in times.items():
+            row[f"ms_{key}"] = _median(t)
+            row[f"ms_{key}_min"] = min(t)
+        out.append(row)
     return out
 
 
-def break_even(sweep: list[dict[str, float]], key: str = "") -> float:
-    """Active fraction where sparse time crosses dense time (linear interpolation); 1.0 if never."""
-    pts = [(r["active"], r[f"ms_sparse{key}"] / r[f"ms_dense{key}"]) for r in sweep]
+def break_even(sweep: list[dict[str, float]], key: str = "", layout: str = "") -> float:
+    """Active fraction where sparse time crosses dense time (linear interpolation); 1.0 if never.
+    ``key`` "" (medians) or "_min"; ``layout`` "" (NCHW input) or "_cl" (channels-last input)."""
+    pts = [(r["active"], r[f"ms_sparse{layout}{key}"] / r[f"ms_dense{layout}{key}"]) for r in sweep]
     for (a0, r0), (a1, r1) in zip(pts, pts[1:]):
         if r0 < 1 <= r1:
             return a0 + (1 - r0) * (a1 - a0) / (r1 - r0)
@@ -241,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tau-s", type=float, default=0.15, help="tau_s relative to mean |feature| of frame 0")
     p.add_argument("--sweep-taus", default="0.05,0.1,0.2,0.4", help="relative tau_t values for the FLOPs/error sweep")
     p.add_argument("--sweep-frames", type=int, default=60)
-    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--reps", type=int, default=21)
     p.add_argument("--noise", type=float, default=0.01, help="sensor noise sigma (frames in [0, 1])")
     p.add_argument("--out", default=str(REPORT))
     args = p.parse_args(argv)
@@ -293,19 +319,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         scale8 = float(f8[0].abs().mean())
         sw = sweep_active(x5, layer, args.block, fracs, args.reps, args.tau_t * scale8, args.tau_s * scale8)
     at25 = min(sw, key=lambda r: abs(r["active"] - 0.25))
+    with torch.no_grad():  # the sparse path with every block COMPUTE: how much of the gain is the conv algorithm
+        all_compute = sweep_active(x5, layer, args.block, [1.0], args.reps, args.tau_t * scale8, args.tau_s * scale8,
+                                   x0=x5 + 1.0)[0]
     summary = dict(break_even_active=break_even(sw), break_even_active_min=break_even(sw, "_min"),
+                   break_even_active_cl=break_even(sw, "", "_cl"),
                    speedup_at_75_reuse=at25["ms_dense"] / at25["ms_sparse"],
-                   speedup_at_75_reuse_min=at25["ms_dense_min"] / at25["ms_sparse_min"])
+                   speedup_at_75_reuse_min=at25["ms_dense_min"] / at25["ms_sparse_min"],
+                   speedup_at_75_reuse_cl=at25["ms_dense_cl"] / at25["ms_sparse_cl"],
+                   ms_all_compute=all_compute["ms_sparse"], ms_all_compute_dense=all_compute["ms_dense"],
+                   speedup_at_75_reuse_vs_all_compute=all_compute["ms_sparse"] / at25["ms_sparse"])
     print(f"### Controlled gates at 1/8 (60x108), block {args.block}, triple gate timed (tau_s = {args.tau_s} x "
-          f"mean|x|), median (min) of {args.reps} interleaved calls\n")
-    print("| active (COMPUTE) | ms dense | ms sparse (whole call) | speedup | load 1m |\n|---|---|---|---|---|")
+          f"mean|x|), median (min) of {args.reps} interleaved calls; active = COMPUTE share of output pixels\n")
+    print("| active (COMPUTE) | ms dense NCHW | ms sparse (whole call) | speedup | ms dense channels-last | "
+          "ms sparse, channels-last x | speedup channels-last | load 1m |\n|---|---|---|---|---|---|---|---|")
     for r in sw:
-        print(f"| {r['active']:.0%} | {r['ms_dense']:.1f} ({r['ms_dense_min']:.1f}) | {r['ms_sparse']:.1f} "
+        print(f"| {r['active']:.1%} | {r['ms_dense']:.1f} ({r['ms_dense_min']:.1f}) | {r['ms_sparse']:.1f} "
               f"({r['ms_sparse_min']:.1f}) | {r['ms_dense'] / r['ms_sparse']:.2f}x "
-              f"({r['ms_dense_min'] / r['ms_sparse_min']:.2f}x) | {r['load_1m']:.2f} |")
-    print(f"\nbreak-even active fraction: {summary['break_even_active']:.0%} (from min times: "
-          f"{summary['break_even_active_min']:.0%}); speedup at 75% REUSE: {summary['speedup_at_75_reuse']:.2f}x "
-          f"(min times {summary['speedup_at_75_reuse_min']:.2f}x)")
+              f"({r['ms_dense_min'] / r['ms_sparse_min']:.2f}x) | {r['ms_dense_cl']:.1f} | {r['ms_sparse_cl']:.1f} | "
+              f"{r['ms_dense_cl'] / r['ms_sparse_cl']:.2f}x | {r['load_1m']:.2f} |")
+    def be(v: float) -> str:
+        return f"{v:.0%}" if v < 1.0 else "not reached"
+
+    print(f"\nbreak-even active fraction: {be(summary['break_even_active'])} (from min times: "
+          f"{be(summary['break_even_active_min'])}; channels-last: {be(summary['break_even_active_cl'])}); "
+          f"speedup at 75% REUSE ({at25['active']:.1%} active): {summary['speedup_at_75_reuse']:.2f}x "
+          f"(min times {summary['speedup_at_75_reuse_min']:.2f}x; channels-last input and dense baseline "
+          f"{summary['speedup_at_75_reuse_cl']:.2f}x)")
+    print(f"every block COMPUTE (x0 = x + 1, the same kernels on the whole map): {all_compute['ms_sparse']:.1f} ms vs "
+          f"dense conv2d {all_compute['ms_dense']:.1f} ms, so the Winograd cells alone are "
+          f"{all_compute['ms_dense'] / all_compute['ms_sparse']:.2f}x; skipping at 75% REUSE gains "
+          f"{summary['speedup_at_75_reuse_vs_all_compute']:.2f}x over that")
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # timings are only valid on a quiet machine
     busy = load is not None and load[0] > (os.cpu_count() or 1)

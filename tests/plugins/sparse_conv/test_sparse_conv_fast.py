@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from edgevis.plugins.sparse_conv import triple_sparse_conv
+from edgevis.plugins.sparse_conv import fast, triple_sparse_conv
 from edgevis.plugins.sparse_conv.fast import _Buffers, _Plan, triple_sparse_conv_fast, weight_matrix
 from edgevis.plugins.sparse_conv.reference import pixel_stats, triple_sparse_conv_reference
 
 KW = dict(stride=1, padding=1, block=4, tau_t=0.3, tau_s=0.2)
+
+
+@pytest.fixture(autouse=True)
+def winograd_on_small_maps(monkeypatch):
+    """These maps are far below the size where Winograd cells pay off (WINOGRAD_MIN_MACS); lower the
+    bar so the cell path is what these tests check (test_sparse_conv_forms covers the im2col path)."""
+    monkeypatch.setattr(fast, "WINOGRAD_MIN_MACS", 0)
 
 
 def frames(t=4, c=4, h=13, w=19, seed=0):
@@ -133,3 +141,58 @@ def test_no_block_active_returns_the_caches():
     fy, fx0 = _check_apply(x, x0, y0, wt, b, torch.zeros(dshape, dtype=torch.int32), 1, 8)
     assert torch.equal(fy, y0) and torch.equal(fx0, x0)
 
+
+
+def test_winograd_cells_equal_direct_conv_at_their_pixels():
+    """F(2x2, 3x3) and F(4x4, 3x3) cells at 64 -> 32 channels: the pixels of each cell match conv2d up to
+    float rounding (the transforms add rounding over the direct sum, F(4x4) more than F(2x2))."""
+    from edgevis.plugins.sparse_conv.fast import _winograd_cells
+
+    g = torch.Generator().manual_seed(3)
+    for m, tol in ((2, 2e-5), (4, 1e-4)):
+        for p, (h, w) in ((1, (12, 17)), (0, (11, 14))):
+            x, wt, b = torch.randn(2, 64, h, w, generator=g), torch.randn(32, 64, 3, 3, generator=g) / 24, torch.randn(32)
+            bufs, plan = _Buffers(2, 64, h, w, x.dtype, x.device), _Plan(2, h, w, 3, 1, p, x.device)
+            bufs.ensure(x)
+            tab = plan.cells(m)
+            cells = torch.arange(0, tab.org.numel(), 3)  # every third cell, both images
+            pix = (tab.cell_off[:, None] + tab.pix.index_select(0, cells)[None, :]).flatten()
+            want = F.conv2d(x, wt, b, padding=p).permute(0, 2, 3, 1).reshape(-1, 32).index_select(0, pix)
+            torch.testing.assert_close(_winograd_cells(bufs, plan, m, cells, wt, b), want, atol=tol, rtol=tol)
+
+
+def test_wide_layer_mixes_cell_sizes_and_im2col_and_matches_reference():
+    """64 -> 64 channels (F(4x4) cells, then F(2x2) cells, then im2col rows for an odd edge): random
+    decisions on a 22x27 map match the dense+select reference."""
+    from edgevis.plugins.sparse_conv.fast import winograd_sizes
+
+    assert winograd_sizes(64, 64) == (4, 2) and winograd_sizes(16, 32) == (2,)
+    g = torch.Generator().manual_seed(5)
+    x, x0 = torch.randn(1, 64, 22, 27, generator=g), torch.randn(1, 64, 22, 27, generator=g)
+    wt, b, y0 = torch.randn(64, 64, 3, 3, generator=g) / 24, torch.randn(64, generator=g), torch.randn(1, 64, 22, 27)
+    for block in (4, 8, 16):
+        nb = (-(-22 // block), -(-27 // block))
+        d = torch.randint(0, 3, (1, *nb), generator=g, dtype=torch.int32)
+        d[:, -1, :] = 2
+        from edgevis.plugins.sparse_conv.fast import apply_decisions_fast
+        from edgevis.plugins.sparse_conv.reference import apply_decisions
+
+        fast.clear_buffers()
+        fy, fx0 = apply_decisions_fast(x, x0, y0, wt, b, d, 1, 1, block, dense_above=2.0)
+        ry, rx0 = apply_decisions(x, x0, y0, wt, b, d, 1, 1, block)
+        torch.testing.assert_close(fy, ry, atol=1e-4, rtol=1e-4)
+        assert torch.equal(fx0, rx0)
+        assert "m" in fast._buffers(x).flat  # the cells ran (their GEMM scratch exists)
+
+
+def test_fast_block_pool_equals_reference():
+    from edgevis.plugins.sparse_conv.fast import _block_pool
+    from edgevis.plugins.sparse_conv.reference import block_pool
+
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((13, 19), (16, 24), (3, 5)):
+        m = torch.rand(2, 1, h, w, generator=g)
+        m[0, 0, 0, 0] = float("inf")  # the -inf-x0 dense frame makes R infinite
+        for block in (1, 4, 8, 16):
+            for k, s, p in ((3, 1, 1), (3, 1, 0), (1, 1, 0), (3, 2, 1)):
+                assert torch.equal(_block_pool(m, k, s, p, block), block_pool(m, k, s, p, block)), (h, w, block, k, s, p)

@@ -104,7 +104,7 @@ def pixel_stats(x: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.
     The 3x3 mean over valid neighbours is a separable box sum of the zero-padded input (rows, then
     columns, each ``(a + b) + c``) divided by the neighbour count: the same numbers as
     ``avg_pool2d(count_include_pad=False)`` up to rounding, without a depthwise conv (which runs in
-    aten's slow_conv2d on CPU). The fast path (fast.py) does the same element operations in the same order.
+    aten's slow_conv2d on CPU). The fast path (fast.py) gets the same sums from one channels-last pooling pass.
     """
     _, _, h, w = x.shape
     r = (x - x0).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W)
