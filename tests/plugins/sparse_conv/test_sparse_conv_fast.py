@@ -196,3 +196,50 @@ def test_fast_block_pool_equals_reference():
         for block in (1, 4, 8, 16):
             for k, s, p in ((3, 1, 1), (3, 1, 0), (1, 1, 0), (3, 2, 1)):
                 assert torch.equal(_block_pool(m, k, s, p, block), block_pool(m, k, s, p, block)), (h, w, block, k, s, p)
+
+
+def test_small_map_path_matches_reference_and_never_aliases_its_inputs():
+    """Small maps (under SMALL_MACS) take the lean path: the reference gate, then no conv when every
+    block is REUSE, else one dense conv2d and a select. Same decisions and outputs as the reference."""
+    w, b = torch.randn(5, 4, 3, 3), torch.randn(5)
+    assert 1 * 13 * 19 * 4 * 5 * 9 < fast.SMALL_MACS
+    fx0, fy0 = torch.full((1, 4, 13, 19), float("-inf")), torch.zeros(1, 5, 13, 19)
+    rx0, ry0 = fx0.clone(), fy0.clone()
+    seen = set()
+    xs = frames(6)
+    for x in [*xs, xs[-1]]:  # the repeated last frame is all REUSE
+        px0, py0 = fx0, fy0
+        fy, fx0, fy0, fd = triple_sparse_conv_fast(x, fx0, fy0, w, b, **KW)  # dense_above None: pick by size
+        ry, rx0, ry0, rd = triple_sparse_conv_reference(x, rx0, ry0, w, b, **KW)
+        assert torch.equal(fd, rd) and torch.equal(fx0, rx0)
+        torch.testing.assert_close(fy, ry, atol=1e-5, rtol=1e-5)
+        assert fy.data_ptr() != py0.data_ptr() and fx0.data_ptr() != px0.data_ptr()
+        seen |= set(fd.flatten().tolist())
+    assert seen == {0, 1, 2} and bool((fd == 0).all())
+
+
+def test_recycled_outputs_are_never_handed_out_while_held():
+    """Outputs come from a per-thread pool (no page faults per frame): a tensor still held by the caller
+    (here: three frames of outputs kept alive) is never reused, a dropped one is."""
+    from edgevis.plugins.sparse_conv.fast import _recycled_empty
+
+    like = torch.empty(0)
+    a = _recycled_empty((1, 3, 4, 5), like).fill_(1.0)
+    view = a.permute(0, 3, 1, 2)  # what callers get
+    b = _recycled_empty((1, 3, 4, 5), like)
+    assert b.data_ptr() != a.data_ptr()  # a is still held through its view
+    a_ptr = a.data_ptr()
+    del view, a
+    c = _recycled_empty((1, 3, 4, 5), like)
+    assert c.data_ptr() == a_ptr  # dropped: recycled (b is still held)
+
+    w, bias = torch.randn(5, 4, 3, 3), torch.randn(5)
+    xs = frames(6)
+    x0, y0 = torch.full((1, 4, 13, 19), float("-inf")), torch.zeros(1, 5, 13, 19)
+    kept, copies = [], []
+    for x in xs:
+        y, x0, y0, _ = triple_sparse_conv_fast(x, x0, y0, w, bias, dense_above=2.0, **KW)
+        kept.append((y, x0))
+        copies.append((y.clone(), x0.clone()))
+    for (y, x0k), (yc, x0c) in zip(kept, copies):  # nothing kept was overwritten by a later frame
+        assert torch.equal(y, yc) and torch.equal(x0k, x0c)

@@ -6,19 +6,23 @@ Layout of one call (all index tables and scratch buffers are cached per shape an
 2. Gate: residual ``mean_c |x - x0|`` as in the reference; when ``tau_s > 0`` (and some block changed)
    the 3x3 local sums come from one channels-last ``avg_pool2d`` pass over that buffer (sum mode, its
    zero border standing in for the padding), so the variation costs a few memory passes instead of a
-   depthwise ``conv2d``. Block maxima by ``max_pool2d`` on the
-   (N, 1, H, W) maps.
+   depthwise ``conv2d``. Block maxima by one ``max_pool2d`` on the (N, 1, H, W) maps.
 3. Work: for a 3x3 stride-1 conv, the COMPUTE pixels are covered by m x m output cells (blocks are
    multiples of 4 and aligned) and computed with Winograd F(m x m, 3x3) (Lavin & Gray, 2016): each
    cell's (m+2)^2 input tile is gathered (``index_select`` of buffer rows), transformed by one matmul,
    multiplied by the pre-transformed weights in (m+2)^2 batched GEMMs (``bmm``) and transformed back by
-   one matmul. F(4x4) (wide layers) does 2.25 multiplies per output, F(2x2) 4, a direct conv 9. The lattice points that
-   INTERPOLATE pixels need, COMPUTE pixels outside whole cells (an odd last row or column) and the other
+   one matmul. F(4x4) (wide layers) does 2.25 multiplies per output, F(2x2) 4, a direct conv 9. The
+   lattice points that INTERPOLATE pixels need, COMPUTE pixels outside whole cells (an odd last row or column) and the other
    convs (1x1, stride 2) are gathered as im2col rows into a reused (P, k*k*Cin) buffer and multiplied by
    the weight matrix (Cout, k*k*Cin) in one ``addmm``. Both give the conv up to float rounding.
 4. Outputs: ``y`` is a contiguous copy of ``y0`` with the computed columns scattered in
    (``index_copy_``); ``x0_new`` a copy of ``x0`` with the owned tiles of non-REUSE blocks copied from
-   ``x``. No full-size temporaries besides those two outputs.
+   ``x``. No full-size temporaries besides those two outputs, which come from a per-thread pool and
+   are reused once the caller has dropped them (fresh large allocations page-fault every frame).
+
+Small maps (under ``SMALL_MACS`` multiply-adds for the whole map) skip all of that: there the tensor
+ops of the gather path cost more than the conv, so the call runs the reference gate and then no conv
+at all when every block is REUSE, or one dense ``conv2d`` and a select otherwise.
 
 Above ``dense_above`` (active cost as a fraction of the dense conv; by default the break-even of the
 path, :func:`default_dense_above`) the work is done densely with ``conv2d`` and selected: the fallback
@@ -48,6 +52,7 @@ from edgevis.plugins.sparse_conv.reference import (
     fill_from_lattice,
     lattice_index,
     out_size,
+    pixel_stats,
     threshold_decisions,
     valid_count,
 )
@@ -353,9 +358,32 @@ def _winograd_cells(bufs: _Buffers, plan: _Plan, m: int, cells: torch.Tensor, we
     return y.add_(bias) if bias is not None else y
 
 
+# Every call returns two full-size tensors (y, x0_new) while the caller still holds the previous frame's
+# (its caches), and fresh large allocations are page-faulted in on first touch, frame after frame (about
+# 1,400 faults, 1-2 ms, per call for a 64-channel 120x216 map on the development machine). So outputs come
+# from a small per-thread pool: a pooled tensor is handed out again once nothing but the pool refers to
+# its storage (every view the caller was given has been dropped).
+_POOL_DEPTH = 4
+
+
+def _recycled_empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised (shape) tensor of ``like``'s dtype and device, reused from the pool when free."""
+    pool = _cached(("outputs", shape, like.dtype, like.device), list)
+    for t in pool:
+        # references to the storage: the pooled tensor and the temporary storage object of this call
+        if torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2:
+            return t
+    with torch.inference_mode(False):  # writable outside inference mode too (see _Buffers)
+        t = torch.empty(shape, dtype=like.dtype, device=like.device)
+    if len(pool) < _POOL_DEPTH:
+        pool.append(t)
+    return t
+
+
 def _channels_last_copy(t: torch.Tensor) -> torch.Tensor:
-    """A new (N, H, W, C) contiguous copy of an NCHW tensor (a memcpy when ``t`` is channels-last)."""
-    out = t.new_empty((t.shape[0], t.shape[2], t.shape[3], t.shape[1]))
+    """An (N, H, W, C) contiguous copy of an NCHW tensor (a memcpy when ``t`` is channels-last), in a
+    recycled output tensor: callers hand out only views of it."""
+    out = _recycled_empty((t.shape[0], t.shape[2], t.shape[3], t.shape[1]), t)
     return out.copy_(t.permute(0, 2, 3, 1))
 
 
@@ -384,6 +412,20 @@ def _conv_at(bufs: _Buffers, plan: _Plan, origins: torch.Tensor, wmat: torch.Ten
     cols = cols.view(p, kk * cin)
     out = bufs.take(p * wmat.shape[1], "out").view(p, wmat.shape[1])  # scratch: the caller consumes it at once
     return torch.addmm(bias, cols, wmat, out=out) if bias is not None else torch.mm(cols, wmat, out=out)
+
+
+def _dense_select(x: torch.Tensor, y0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  dpix: torch.Tensor, all_compute: bool, any_interp: bool, stride: int, padding: int) -> torch.Tensor:
+    """y by one dense conv2d and a select over the per-pixel decisions ``dpix`` (N, Ho, Wo); the
+    INTERPOLATE lattice is the conv's even pixels (the stride-2 conv's values up to rounding)."""
+    y_full = F.conv2d(x, weight, bias, stride=stride, padding=padding)  # (N, Cout, Ho, Wo)
+    if all_compute:
+        return y_full
+    d1 = dpix.unsqueeze(1)
+    if not any_interp:
+        return torch.where(d1 == REUSE, y0, y_full)
+    y_int = fill_from_lattice(y_full[:, :, ::2, ::2], *dpix.shape[-2:])
+    return torch.where(d1 == REUSE, y0, torch.where(d1 == INTERPOLATE, y_int, y_full))
 
 
 def apply_decisions_fast(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: torch.Tensor,
@@ -421,12 +463,7 @@ def apply_decisions_fast(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, we
     x0_new = _own_update(x, x0, decision, block, stride, bufs, plan)
 
     if use_dense:
-        y_full = F.conv2d(x, weight, bias, stride=stride, padding=padding)  # (N, Cout, Ho, Wo)
-        if n_comp == n * ho * wo:
-            return y_full, x0_new
-        y_int = fill_from_lattice(y_full[:, :, ::2, ::2], ho, wo) if n_int else y_full
-        d1 = dpix.unsqueeze(1)
-        return torch.where(d1 == REUSE, y0, torch.where(d1 == INTERPOLATE, y_int, y_full)), x0_new
+        return _dense_select(x, y0, weight, bias, dpix, n_comp == n * ho * wo, n_int > 0, stride, padding), x0_new
 
     y = _channels_last_copy(y0)  # (N, Ho, Wo, Cout)
     yrows = y.view(-1, cout)
@@ -466,18 +503,12 @@ def apply_decisions_fast(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, we
 
 
 def _block_pool(m: torch.Tensor, k: int, stride: int, padding: int, block: int) -> torch.Tensor:
-    """:func:`reference.block_pool` (same values: max is exact) for the common 3x3, stride-1, 'same'
-    conv as a -inf-bordered copy, two 3-tap maxima and one reshaped ``amax``: a third of the time of
-    two ``max_pool2d`` calls on these single-channel maps."""
+    """:func:`reference.block_pool` (same values: max is exact) in one ``max_pool2d`` for the common 3x3,
+    stride-1, 'same' conv: block i's receptive field is input rows/columns ``i*b - 1 .. i*b + b``, a
+    (b+2)-wide window at stride b with one row of padding; ``ceil_mode`` keeps the partial last block."""
     if (k, stride, padding) != (3, 1, 1):
         return block_pool(m, k, stride, padding, block)
-    n, _, h, w = m.shape
-    nbh, nbw = -(-h // block), -(-w // block)
-    pad = m.new_full((n, nbh * block + 2, nbw * block + 2), float("-inf"))  # rows/cols past the image: -inf
-    pad[:, 1:h + 1, 1:w + 1] = m[:, 0]
-    rows = torch.maximum(torch.maximum(pad[:, :-2], pad[:, 1:-1]), pad[:, 2:])  # (N, nbh*b, nbw*b + 2)
-    rf = torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])  # 3x3 max per output
-    return rf.view(n, nbh, block, nbw, block).amax(dim=(2, 4)).unsqueeze(1)  # (N, 1, nbh, nbw)
+    return F.max_pool2d(m, block + 2, stride=block, padding=1, ceil_mode=True)  # (N, 1, nbh, nbw)
 
 
 def gate_fast(x: torch.Tensor, x0: torch.Tensor, k: int, stride: int, padding: int, block: int, tau_t: float,
@@ -496,6 +527,53 @@ def gate_fast(x: torch.Tensor, x0: torch.Tensor, k: int, stride: int, padding: i
     return threshold_decisions(rb, vb, tau_t, tau_s)
 
 
+# Direct-conv multiply-adds of a whole map below which a call takes the small-map path: there the ~200
+# tensor ops of the gather path cost more than the conv they skip (a 16-channel 48x80 map: 316 us for an
+# all-REUSE call vs 145 us for conv2d), so a call computes nothing when every block is REUSE and one
+# dense conv2d + select otherwise. 2^26 is about 0.3 ms of conv on the 2-core development machine.
+SMALL_MACS = 1 << 26
+
+
+def _small_map(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               stride: int, padding: int, block: int, tau_t: float, tau_s: float,
+               stats: SparseConvStats | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The small-map path: the reference gate on the tensors as given, then no conv (all REUSE) or a
+    dense conv2d with the reference's select. Same decisions and outputs as the reference."""
+    k = weight.shape[-1]
+    ho, wo = y0.shape[-2:]
+    rb = _block_pool((x - x0).abs_().mean(dim=1, keepdim=True), k, stride, padding, block)  # (N, 1, nbh, nbw)
+    vb = rb  # tau_s == 0: nothing can INTERPOLATE; every block REUSE: V is not read
+    if tau_s > 0 and bool((rb >= tau_t).any()):
+        vb = _block_pool(pixel_stats(x, x0)[1], k, stride, padding, block)
+    d = threshold_decisions(rb, vb, tau_t, tau_s)  # (N, nbh, nbw)
+    if not bool(d.any()):  # every block REUSE: the caches are the outputs (copies: outputs never alias inputs)
+        if stats is not None:
+            account(stats, (0, 0, 0), tuple(x.shape), tuple(weight.shape), (ho, wo))
+        y = y0.clone()
+        return y, x0.clone(), y, d
+    if stats is not None:
+        account(stats, count_decisions(d, block, ho, wo), tuple(x.shape), tuple(weight.shape), (ho, wo), dense=True)
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    rows, cols, xrows, xcols = _cached(("blockpix", n, h, w, ho, wo, block, stride, x.device),
+                                       lambda: _block_pixels(h, w, ho, wo, block, stride, x.device))
+    dpix = d.index_select(1, rows).index_select(2, cols)  # (N, Ho, Wo), as expand_blocks
+    any_interp = tau_s > 0 and bool((d == INTERPOLATE).any())
+    y = _dense_select(x, y0, weight, bias, dpix, bool((d == COMPUTE).all()), any_interp, stride, padding)
+    own = (d != REUSE).index_select(1, xrows).index_select(2, xcols).unsqueeze(1)  # (N, 1, H, W) owned tiles
+    return y, torch.where(own, x, x0), y, d
+
+
+def _block_pixels(h: int, w: int, ho: int, wo: int, block: int, stride: int, device: torch.device) -> tuple:
+    """Block row/column of every output row/column and of every input row/column (ownership), the
+    index tables of :func:`reference.expand_blocks`."""
+    nbh, nbw = -(-ho // block), -(-wo // block)
+
+    def table(size: int, unit: int, nb: int) -> torch.Tensor:
+        return torch.clamp(torch.arange(size, device=device) // (block * unit), max=nb - 1)
+
+    return table(ho, 1, nbh), table(wo, 1, nbw), table(h, stride, nbh), table(w, stride, nbw)
+
+
 def triple_sparse_conv_fast(
     x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     stride: int = 1, padding: int = 1, block: int = 8, tau_t: float = 0.05, tau_s: float = 0.0,
@@ -509,6 +587,8 @@ def triple_sparse_conv_fast(
     check_inputs(x, x0, y0, weight, stride, padding)
     n, cin, h, w = x.shape
     ho, wo = out_size(h, k, stride, padding), out_size(w, k, stride, padding)
+    if not force_dense and dense_above is None and n * ho * wo * cin * weight.shape[0] * k * k < SMALL_MACS:
+        return _small_map(x, x0, y0, weight, bias, stride, padding, block, tau_t, tau_s, stats)
     if force_dense:
         d = torch.full((n, -(-ho // block), -(-wo // block)), COMPUTE, dtype=torch.int32, device=x.device)
         if dense_above is None or dense_above < 1.0:  # a dense frame is the exact conv2d (tests pass 2.0)
