@@ -243,3 +243,15 @@ def test_recycled_outputs_are_never_handed_out_while_held():
         copies.append((y.clone(), x0.clone()))
     for (y, x0k), (yc, x0c) in zip(kept, copies):  # nothing kept was overwritten by a later frame
         assert torch.equal(y, yc) and torch.equal(x0k, x0c)
+
+
+def test_every_pixel_compute_by_default_is_the_exact_conv2d():
+    """A -inf x0 (the stateless graphs' first frame and refresh) makes every block COMPUTE: by default
+    that frame is computed by conv2d itself, bit for bit, even on a wide map where partial frames use
+    Winograd cells (and the FLOP counter sees the dense conv)."""
+    g = torch.Generator().manual_seed(1)
+    x, wt, b = torch.randn(1, 64, 40, 48, generator=g), torch.randn(64, 64, 3, 3, generator=g) / 24, torch.randn(64)
+    assert 1 * 40 * 48 * 64 * 64 * 9 >= fast.SMALL_MACS  # the gather path, not the small-map one
+    y, x0n, _, d = triple_sparse_conv_fast(x, torch.full_like(x, float("-inf")), torch.zeros(1, 64, 40, 48), wt, b,
+                                           stride=1, padding=1, block=8, tau_t=0.1)
+    assert bool((d == 2).all()) and torch.equal(y, F.conv2d(x, wt, b, padding=1)) and torch.equal(x0n, x)
