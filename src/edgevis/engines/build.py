@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,12 @@ def _build_serialized(trt: Any, onnx_bytes: bytes, spec: IOSpec, plan: Precision
 
 def build_stage(trt: Any, onnx_path: Path, precision: str, env: Environment, engine_dir: Path, *,
                 opt_batch: int = 1, max_batch: int = MAX_BATCH, workspace_mb: int = 2048,
-                calib_calls: list | None = None, force: bool = False) -> BuildResult:
+                calib_calls: list | Callable[[], list] | None = None, calib_key: dict | None = None,
+                force: bool = False) -> BuildResult:
+    """Build (or reuse) one stage's engine. INT8: ``calib_calls`` are the stage's calibration feeds, or a
+    zero-argument function giving them, called only when the engine must be built; ``calib_key`` (what
+    was asked for: frames, seed, source) goes into the cache key, so a cached engine is reused without
+    recording anything. Without ``calib_key`` the key holds the number of calls."""
     import onnx
 
     from edgevis.engines.plugins import load_plugins
@@ -145,8 +151,16 @@ def build_stage(trt: Any, onnx_path: Path, precision: str, env: Environment, eng
     lib = load_plugins(trt, trt_logger(trt), ops)
     lib_sha = sha256_file(lib, 16) if lib else None
     plan = make_plan(proto, precision, env.trt_version, [(s.name_in, s.name_out) for s in spec.states])
-    settings = BuildSettings(precision, 1, opt_batch, max_batch, workspace_mb, plan.to_dict(), lib_sha,
-                             {"calls": len(calib_calls or [])} if precision == "int8" else {})
+    if precision != "int8":
+        calibration: dict = {}
+    elif calib_key is not None:
+        calibration = dict(calib_key)
+    elif callable(calib_calls):
+        raise EngineError("build_stage: INT8 with lazily recorded calibration feeds needs calib_key "
+                          "(the requested frames and seed) for the engine cache key")
+    else:
+        calibration = {"calls": len(calib_calls or [])}
+    settings = BuildSettings(precision, 1, opt_batch, max_batch, workspace_mb, plan.to_dict(), lib_sha, calibration)
     key = make_key(spec, onnx_path, settings, env)
     path = key.path(engine_dir)
     reason = "forced" if force else stale_reason(path, key)
@@ -158,6 +172,8 @@ def build_stage(trt: Any, onnx_path: Path, precision: str, env: Environment, eng
             print(f"edgevis build: {old.name} is stale or foreign ({why}); building a new engine")
     else:
         print(f"edgevis build: rebuilding {path.name}: {reason}")
+    if callable(calib_calls):  # recorded now that a build is needed
+        calib_calls = calib_calls()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         graph = _rewrite_onnx(proto, plan, calib_calls, Path(tmp))
@@ -174,6 +190,14 @@ def build_stage(trt: Any, onnx_path: Path, precision: str, env: Environment, eng
     write_sidecar(path, key, spec, settings, {**_versions(trt), "plugin_library": str(lib or "")}, onnx_path,
                   sorted(ops))
     return BuildResult(path, key, plan, True, reason)
+
+
+def calibration_key(frames: int) -> dict:
+    """What an INT8 engine's calibration was asked to be (its cache key part): the same request gives
+    the same feeds, so a cached engine is reused without recording them again."""
+    from edgevis.engines.calibration import CALIBRATION_SEED
+
+    return {"frames": frames, "seed": CALIBRATION_SEED, "source": "synthetic clip through the PyTorch runner"}
 
 
 def build_engines(model: str | Any, *, precision: str = "fp16", weights: str | None = None,
@@ -193,16 +217,23 @@ def build_engines(model: str | Any, *, precision: str = "fp16", weights: str | N
     if isinstance(model, str):
         model = build_model(model, weights)
     env = Environment.detect(trt.__version__)
-    calls: dict[str, list] = {}
-    if precision == "int8":
-        from edgevis.engines.calibration import calibration_frames, record_feeds
+    recorded: dict[str, list] = {}
 
-        calls = record_feeds(model, calibration_frames(model, calib_frames))
+    def calls_for(stage: str) -> list:
+        """INT8 calibration feeds, recorded once (PyTorch over ``calib_frames`` frames) on first need."""
+        from edgevis.engines.calibration import CALIBRATION_SEED, calibration_frames, record_feeds
+
+        if not recorded:
+            recorded.update(record_feeds(model, calibration_frames(model, calib_frames, CALIBRATION_SEED)))
+        return recorded.get(stage, [])
+
     results = []
     for stage in model.stages:
         onnx_path = ensure_onnx(model, stage, "trt", Path(onnx_dir))
         res = build_stage(trt, onnx_path, precision, env, Path(engine_dir), opt_batch=opt_batch,
-                          max_batch=max_batch, calib_calls=calls.get(stage), force=force)
+                          max_batch=max_batch, calib_calls=(lambda s=stage: calls_for(s)) if precision == "int8"
+                          else None, calib_key=calibration_key(calib_frames) if precision == "int8" else None,
+                          force=force)
         print(res.line())
         results.append(res)
     return results

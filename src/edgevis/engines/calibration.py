@@ -53,7 +53,10 @@ def record_feeds(model: Any, frames: Sequence[np.ndarray]) -> dict[str, list[dic
     return {s: b.calls for s, b in rec.items()}
 
 
-def calibration_frames(model: Any, n: int = 64, seed: int = 11) -> list[np.ndarray]:
+CALIBRATION_SEED = 11  # the synthetic clip INT8 calibration records (part of the engine cache key)
+
+
+def calibration_frames(model: Any, n: int = 64, seed: int = CALIBRATION_SEED) -> list[np.ndarray]:
     """``n`` frames of a synthetic clip at the model's input size (used when no clip is given)."""
     from edgevis.data.synthetic import make_clip
 
