@@ -369,9 +369,10 @@ _POOL_DEPTH = 4
 def _recycled_empty(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """An uninitialised (shape) tensor of ``like``'s dtype and device, reused from the pool when free."""
     pool = _cached(("outputs", shape, like.dtype, like.device), list)
-    for t in pool:
+    use_count = getattr(torch._C, "_storage_Use_Count", None)  # torch-internal; without it: no recycling
+    for t in pool if use_count is not None else ():
         # references to the storage: the pooled tensor and the temporary storage object of this call
-        if torch._C._storage_Use_Count(t.untyped_storage()._cdata) <= 2:
+        if use_count(t.untyped_storage()._cdata) <= 2:
             return t
     with torch.inference_mode(False):  # writable outside inference mode too (see _Buffers)
         t = torch.empty(shape, dtype=like.dtype, device=like.device)
