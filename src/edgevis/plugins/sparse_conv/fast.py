@@ -583,7 +583,9 @@ def triple_sparse_conv_fast(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Functional core, fast path: (y, x0_new, y0_new, decision); ``y0_new`` is ``y``.
 
-    ``y`` and ``x0_new`` are channels-last in memory (valid NCHW tensors), except on a dense frame."""
+    ``y`` and ``x0_new`` are channels-last in memory (valid NCHW tensors), except on a dense frame and
+    on small maps (the small-map path keeps the layout it is given). ``dense_above=None`` picks the
+    path by measured cost (see the module docstring); a number forces the gather path below it."""
     k = weight.shape[-1]
     check_config(k, stride, padding, block, tau_t, tau_s)
     check_inputs(x, x0, y0, weight, stride, padding)
