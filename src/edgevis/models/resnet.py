@@ -21,7 +21,12 @@ from edgevis.errors import EdgevisError
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters (buffers, never trained)."""
+    """BatchNorm2d with fixed statistics and affine parameters (buffers, never trained).
+
+    ``KEEP_COUNT`` (class attribute): also hold ``num_batches_tracked`` as a buffer, for checkpoint
+    layouts that carry it (STCN's); otherwise that key is dropped when a checkpoint has it."""
+
+    KEEP_COUNT = False
 
     def __init__(self, n: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -30,9 +35,12 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("bias", torch.zeros(n))
         self.register_buffer("running_mean", torch.zeros(n))
         self.register_buffer("running_var", torch.ones(n))
+        if self.KEEP_COUNT:
+            self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
-        state_dict.pop(prefix + "num_batches_tracked", None)  # checkpoints saved from a plain BatchNorm2d
+        if not self.KEEP_COUNT:
+            state_dict.pop(prefix + "num_batches_tracked", None)  # checkpoints saved from a plain BatchNorm2d
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

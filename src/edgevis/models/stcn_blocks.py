@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgevis.models import resnet
+
 # A conv runner: (name, conv, x) -> y. Dense: conv(x); sparse: the triple-gated conv with caches.
 ConvFn = Callable[[str, nn.Conv2d, torch.Tensor], torch.Tensor]
 
@@ -25,26 +27,14 @@ def dense_conv(name: str, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     return conv(x)
 
 
-class FrozenBatchNorm2d(nn.Module):
+class FrozenBatchNorm2d(resnet.FrozenBatchNorm2d):
     """BatchNorm with fixed statistics and affine parameters (STCN trains with frozen BN statistics).
 
     Holds ``weight``, ``bias``, ``running_mean``, ``running_var`` and ``num_batches_tracked`` as
     buffers (the keys of a torchvision BatchNorm2d), so checkpoints load unchanged.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    KEEP_COUNT = True
 
 
 class Bottleneck(nn.Module):
