@@ -35,7 +35,6 @@ from edgevis.models.base import load_state_dict_strict
 DUPLICATE_PREFIX = "detr.transformer.decoder.bbox_embed."
 SHARED_PREFIX = "detr.bbox_embed."
 _UNUSED = re.compile(r"^detr\.transformer\.encoder\.layers\.\d+\.self_attn\.output_proj_box\.")
-OFFICIAL_PREFIXES = ("detr.", "controller.", "mask_head.")
 
 
 def read_checkpoint(path: str | Path) -> Any:

@@ -32,6 +32,14 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
+def refine_reference(reference: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Iterative box refinement: the box head's ``delta`` (..., 4) applied to a reference in inverse-sigmoid
+    space. A 2-d reference (points) becomes a box: its centre is refined, the size is the delta's."""
+    if reference.shape[-1] == 2:
+        return torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1).sigmoid()
+    return (delta + inverse_sigmoid(reference)).sigmoid()
+
+
 def sine_position_embedding(h: int, w: int, d_model: int, temperature: float = 10000.0) -> torch.Tensor:
     """Deformable DETR's normalised sine embedding of an unpadded (h, w) map: (h*w, d_model), [y | x] halves."""
     npf = d_model // 2
@@ -273,8 +281,5 @@ class SeqFormerDecoder(nn.Module):
             value = layer.cross_attn.value_proj(flat)  # (B*T, S, C)
             tgt, tgt_box = layer(tgt, tgt_box, query_pos, reference, value, shapes)
             delta = bbox_embed[lid](tgt_box)  # (B, T, Q, 4)
-            if reference.shape[-1] == 2:
-                reference = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1).sigmoid()
-            else:
-                reference = (delta + inverse_sigmoid(reference)).sigmoid()
+            reference = refine_reference(reference, delta)
         return tgt, tgt_box, ref_in, reference

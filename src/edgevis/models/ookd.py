@@ -40,16 +40,21 @@ from edgevis.models.deformable import (
     MSDeformAttn,
     MultiheadAttention,
     Shapes,
-    inverse_sigmoid,
     level_token_index,
+    refine_reference,
     sine_position_embedding,
 )
 from edgevis.models.resnet import Backbone, ResNetConfig, level_shapes
-from edgevis.models.seqformer import aligned_bilinear_matrix, nearest_index, upsample_nearest
+from edgevis.models.seqformer import (
+    DYNAMIC_CHANNELS,
+    aligned_bilinear_matrix,
+    dynamic_head_split,
+    nearest_index,
+    upsample_nearest,
+)
 from edgevis.spec import IOSpec, Preprocess, TensorSpec
 
 PREPROCESS = Preprocess(size_multiple=8)
-DYNAMIC_CHANNELS = 8
 COORD_SCALE = 64.0  # relative coordinates of the dynamic head: pixels / 64 (CondInst's size of interest)
 
 
@@ -83,8 +88,7 @@ class OokdConfig:
 
     @property
     def dynamic_params(self) -> int:
-        c, d = self.mask_channels, DYNAMIC_CHANNELS
-        return (c + 2) * d + d + d * d + d + d + 1
+        return sum(dynamic_head_split(self.mask_channels))
 
 
 OOKD_FULL = OokdConfig()
@@ -137,10 +141,7 @@ class DeformableDecoder(nn.Module):
         for lid, layer in enumerate(self.layers):
             tgt = layer(tgt, query_pos, reference, layer.cross_attn.value_proj(memory), shapes)
             delta = bbox_embed[lid](tgt)  # (B, Q, 4)
-            if reference.shape[-1] == 2:
-                reference = torch.cat([delta[..., :2] + inverse_sigmoid(reference), delta[..., 2:]], -1).sigmoid()
-            else:
-                reference = (delta + inverse_sigmoid(reference)).sigmoid()
+            reference = refine_reference(reference, delta)
             hs.append(tgt)
             boxes.append(reference)
             reference = reference.detach() if self.training else reference
@@ -239,7 +240,7 @@ class OokdNet(nn.Module):
         b, k, _ = params.shape
         cm, h, w = mask_feats.shape[1:]
         dc = DYNAMIC_CHANNELS
-        w0, w1, w2, b0, b1, b2 = params.split([(cm + 2) * dc, dc * dc, dc, dc, dc, 1], dim=-1)
+        w0, w1, w2, b0, b1, b2 = params.split(dynamic_head_split(cm), dim=-1)
         w0 = w0.reshape(b, k, dc, cm + 2)
         feats = mask_feats.reshape(b, 1, cm, h * w)  # (B, 1, Cm, HW)
         rel = ((centers * self.input_wh)[..., None] - self.locations) / COORD_SCALE  # (B, K, 2, HW)
@@ -273,9 +274,6 @@ class OokdNet(nn.Module):
         box_k = torch.gather(box, 1, idx[..., None].expand(-1, -1, 4))  # (B, K, 4)
         masks = self.dynamic_masks(self.controller(q_k), box_k[..., :2], feats)
         return top, top.sigmoid(), labels, box_k, self.embed_head(q_k), masks
-
-
-FRAME_OUTPUTS = ("logits", "scores", "labels", "boxes", "embeds", "masks")
 
 
 class Ookd(Deployable):

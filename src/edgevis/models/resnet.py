@@ -106,13 +106,13 @@ class ResNetBody(nn.Module):
                 cin = width * Bottleneck.expansion
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
 
-    def forward(self, x: torch.Tensor, with_c2: bool = False) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, w, H/4, W/4)
         c2 = self.layer1(x)  # (B, 4w, H/4, W/4)
         c3 = self.layer2(c2)  # (B, 8w, H/8, W/8)
         c4 = self.layer3(c3)  # (B, 16w, H/16, W/16)
         c5 = self.layer4(c4)  # (B, 32w, H/32, W/32)
-        return [c2, c3, c4, c5] if with_c2 else [c3, c4, c5]
+        return [c3, c4, c5]
 
 
 class Backbone(nn.Module):

@@ -49,6 +49,13 @@ PREPROCESS = Preprocess(size_multiple=8)
 DYNAMIC_CHANNELS = 8  # hidden width of the dynamic mask head
 
 
+def dynamic_head_split(mask_channels: int) -> list[int]:
+    """Sizes of the dynamic 1x1 mask head's parameters (w0, w1, w2, b0, b1, b2) in a controller's output:
+    Cm mask channels + 2 relative coordinates -> 8 -> 8 -> 1 (CondInst's head, SeqFormer's and OOKD's)."""
+    c, d = mask_channels, DYNAMIC_CHANNELS
+    return [(c + 2) * d, d * d, d, d, d, 1]
+
+
 @dataclass(frozen=True)
 class SeqFormerConfig:
     height: int = 360
@@ -86,8 +93,7 @@ class SeqFormerConfig:
 
     @property
     def dynamic_params(self) -> int:
-        c, d = self.mask_channels, DYNAMIC_CHANNELS
-        return (c + 2) * d + d + d * d + d + d + 1  # 169 for d_model 256
+        return sum(dynamic_head_split(self.mask_channels))  # 169 for d_model 256
 
 
 SEQFORMER_R50 = SeqFormerConfig()
@@ -266,7 +272,7 @@ class SeqFormerNet(nn.Module):
         b, k, _ = params.shape
         t, cm, h, w = mask_feats.shape[1:]
         dc = DYNAMIC_CHANNELS
-        w0, w1, w2, b0, b1, b2 = params.split([(cm + 2) * dc, dc * dc, dc, dc, dc, 1], dim=-1)
+        w0, w1, w2, b0, b1, b2 = params.split(dynamic_head_split(cm), dim=-1)
         w0 = w0.reshape(b, 1, k, dc, cm + 2)
         feats = mask_feats.reshape(b, t, 1, cm, h * w)  # (B, T, 1, Cm, HW)
         rel = (ref * self.input_wh)[..., None] - self.locations  # (B, T, K, 2, HW), pixels (x, y)
@@ -317,9 +323,6 @@ class ClipStage(nn.Module):
 
     def forward(self, memory: torch.Tensor, mask_feats: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.net.clip(memory, mask_feats)
-
-
-CLIP_OUTPUTS = ("logits", "scores", "labels", "queries", "embed", "boxes", "masks")
 
 
 class SeqFormer(Deployable):

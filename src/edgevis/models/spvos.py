@@ -329,10 +329,13 @@ class SpVOSModel(Deployable):
     def __init__(self, name: str = "spvos", cfg: SpVOSConfig = FULL) -> None:
         self.name = name
         self.cfg = cfg
-        self.net = SpVOSNet(cfg).eval()
-        self._stages = {"encode_key": encode_key_stage(self.net), "encode_value": EncodeValueStage(self.net),
-                        "segment": SegmentStage(self.net)}
+        self._use_net(SpVOSNet(cfg).eval())
         self.meta: dict[str, Any] = {}
+
+    def _use_net(self, net: SpVOSNet) -> None:
+        self.net = net
+        self._stages = {"encode_key": encode_key_stage(net), "encode_value": EncodeValueStage(net),
+                        "segment": SegmentStage(net)}
 
     def cache_names(self) -> list[tuple[str, str]]:
         """(x0 name, y0 name) per sparse conv, as encode_key's state inputs call them."""
@@ -426,10 +429,9 @@ class SpVOSModel(Deployable):
         sd = self.net.state_dict()
         self.cfg = cfg
         net = SpVOSNet(cfg).eval()
-        net.load_state_dict({k: v for k, v in sd.items() if k in net.state_dict()}, strict=False)
-        self.net = net
-        self._stages = {"encode_key": encode_key_stage(net), "encode_value": EncodeValueStage(net),
-                        "segment": SegmentStage(net)}
+        own = net.state_dict()
+        net.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        self._use_net(net)
 
 
 def build_spvos(name: str = "spvos", tiny: bool = False, **changes: Any) -> SpVOSModel:
