@@ -23,6 +23,7 @@ FLAVORS = ("portable", "trt")
 PLUGIN_DOMAIN = "edgevis"
 PLUGIN_NAMESPACE = "edgevis"
 PLUGIN_VERSION = "1"
+OPTIONS = ("msda_builtin",)  # the op-specific switches export_flavor takes
 
 _FLAVOR: contextvars.ContextVar[str] = contextvars.ContextVar("edgevis_flavor", default="portable")
 _OPTIONS: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("edgevis_flavor_options", default=None)
@@ -39,8 +40,13 @@ def export_flavor(flavor: str, **options: Any) -> Iterator[None]:
     """Select the ONNX form of every custom op exported inside the block.
 
     ``options`` are op-specific switches: ``msda_builtin=True`` emits TensorRT's
-    ``MultiscaleDeformableAttnPlugin_TRT`` instead of ``edgevis::MSDeformAttn``.
+    ``MultiscaleDeformableAttnPlugin_TRT`` instead of ``edgevis::MSDeformAttn``. Any other option is
+    refused (an op would silently ignore it).
     """
+    for name, value in options.items():
+        if name not in OPTIONS:
+            raise EdgevisError(f"export option {name}={value!r} is not supported; expected no {name} option "
+                               f"(known: {', '.join(OPTIONS)}); drop it from export_flavor(...)")
     t1 = _FLAVOR.set(check_flavor(flavor))
     t2 = _OPTIONS.set(dict(options))
     try:

@@ -38,7 +38,7 @@ def edgevis_error_from_export(module: torch.nn.Module, tmp_path, **options) -> s
     """Export ``module`` (value, locations, weights) in the portable flavor; the EdgevisError's message
     (torch.onnx wraps it in its own errors, so the cause chain is searched)."""
     x = good()
-    with export_flavor("portable", **options), pytest.raises(Exception) as info:
+    with pytest.raises(Exception) as info, export_flavor("portable", **options):
         torch.onnx.export(module.eval(), (x["value"], x["sampling_locations"], x["attention_weights"]),
                           str(tmp_path / "m.onnx"), dynamo=True, external_data=False, opset_version=18)
     chain, e = [], info.value

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from edgevis.errors import EdgevisError, SpecError
+from edgevis.errors import SpecError
 from edgevis.plugins.flavor import current_flavor, exporting, flavor_option
 from edgevis.plugins.ms_deform_attn.onnx_forms import msda_builtin_trt_node, msda_portable, msda_trt_node
 from edgevis.plugins.ms_deform_attn.reference import (
@@ -115,12 +115,6 @@ def ms_deform_attn(
         if current_flavor() == "trt":
             form = msda_builtin_trt_node if flavor_option("msda_builtin", False) else msda_trt_node
             return form(value, static, sampling_locations, attention_weights)
-        if flavor_option("msda_gather") is not None:
-            raise EdgevisError(
-                f"ms_deform_attn: export option msda_gather={flavor_option('msda_gather')!r} is no longer "
-                "supported; expected no msda_gather option (the portable form has one gather layout); "
-                "drop it from export_flavor(...)"
-            )
         return msda_portable(value, static, sampling_locations, attention_weights)
     if spatial_shapes is None or level_start_index is None:
         if shapes is None:

@@ -45,6 +45,7 @@ from edgevis.plugins.sparse_conv.reference import (
     COMPUTE,
     INTERPOLATE,
     REUSE,
+    block_index,
     block_pool,
     check_config,
     check_inputs,
@@ -52,9 +53,10 @@ from edgevis.plugins.sparse_conv.reference import (
     fill_from_lattice,
     lattice_index,
     out_size,
-    pixel_stats,
+    residual,
     threshold_decisions,
     valid_count,
+    variation,
 )
 
 # Active cost fraction above which the dense conv2d + select is cheaper on CPU: the break-even measured
@@ -258,7 +260,7 @@ class _Buffers:
         """``mean_c |x - mean3x3(x)|`` (N, 1, H, W) from the filled buffer: the 3x3 sums are one
         channels-last pooling pass in sum mode (``divisor_override=1``) over the zero-bordered buffer, the
         rest is computed as ``sum_c |box - count * x| / (C * count)``. Equal to
-        :func:`reference.pixel_stats` up to float rounding (the nine terms are added in another order)."""
+        :func:`reference.variation` up to float rounding (the nine terms are added in another order)."""
         box = self.box
         torch._C._nn.avg_pool2d(self.x.permute(0, 3, 1, 2), (3, 3), (1, 1), (0, 0), False, True, 1,
                                 out=box.permute(0, 3, 1, 2))  # (N, H, W, C) 3x3 sums
@@ -514,12 +516,9 @@ def _block_pool(m: torch.Tensor, k: int, stride: int, padding: int, block: int) 
 
 
 def gate_fast(x: torch.Tensor, x0: torch.Tensor, k: int, stride: int, padding: int, block: int, tau_t: float,
-              tau_s: float, bufs: _Buffers | None = None) -> torch.Tensor:
+              tau_s: float, bufs: _Buffers) -> torch.Tensor:
     """The threshold gate of reference.gate, computed on the channels-last buffer (filled here unless
     ``bufs.ready``); the variation is skipped when every block is REUSE anyway."""
-    if bufs is None:
-        bufs = _buffers(x)
-        bufs.ready = False
     bufs.ensure(x)
     rb = _block_pool(bufs.residual(x0), k, stride, padding, block)
     vb = rb  # tau_s == 0: nothing can INTERPOLATE; every block REUSE: V is not read
@@ -543,10 +542,10 @@ def _small_map(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: torc
     dense conv2d with the reference's select. Same decisions and outputs as the reference."""
     k = weight.shape[-1]
     ho, wo = y0.shape[-2:]
-    rb = _block_pool((x - x0).abs_().mean(dim=1, keepdim=True), k, stride, padding, block)  # (N, 1, nbh, nbw)
+    rb = _block_pool(residual(x, x0), k, stride, padding, block)  # (N, 1, nbh, nbw)
     vb = rb  # tau_s == 0: nothing can INTERPOLATE; every block REUSE: V is not read
     if tau_s > 0 and bool((rb >= tau_t).any()):
-        vb = _block_pool(pixel_stats(x, x0)[1], k, stride, padding, block)
+        vb = _block_pool(variation(x), k, stride, padding, block)
     d = threshold_decisions(rb, vb, tau_t, tau_s)  # (N, nbh, nbw)
     if not bool(d.any()):  # every block REUSE: the caches are the outputs (copies: outputs never alias inputs)
         if stats is not None:
@@ -569,11 +568,8 @@ def _block_pixels(h: int, w: int, ho: int, wo: int, block: int, stride: int, dev
     """Block row/column of every output row/column and of every input row/column (ownership), the
     index tables of :func:`reference.expand_blocks`."""
     nbh, nbw = -(-ho // block), -(-wo // block)
-
-    def table(size: int, unit: int, nb: int) -> torch.Tensor:
-        return torch.clamp(torch.arange(size, device=device) // (block * unit), max=nb - 1)
-
-    return table(ho, 1, nbh), table(wo, 1, nbw), table(h, stride, nbh), table(w, stride, nbw)
+    return (block_index(ho, block, nbh, 1, device), block_index(wo, block, nbw, 1, device),
+            block_index(h, block, nbh, stride, device), block_index(w, block, nbw, stride, device))
 
 
 def triple_sparse_conv_fast(

@@ -95,11 +95,13 @@ def valid_count(size: int, like: torch.Tensor) -> torch.Tensor:
     return ((idx > 0).to(like.dtype) + 1 + (idx < size - 1).to(like.dtype))
 
 
-_valid_count = valid_count  # old name
+def residual(x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Per-input-pixel residual ``mean_c |x - x0|``: (N, 1, H, W)."""
+    return (x - x0).abs().mean(dim=1, keepdim=True)
 
 
-def pixel_stats(x: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-input-pixel residual and local variation, both (N, 1, H, W).
+def variation(x: torch.Tensor) -> torch.Tensor:
+    """Per-input-pixel local variation ``mean_c |x - mean3x3(x)|``: (N, 1, H, W).
 
     The 3x3 mean over valid neighbours is a separable box sum of the zero-padded input (rows, then
     columns, each ``(a + b) + c``) divided by the neighbour count: the same numbers as
@@ -107,13 +109,16 @@ def pixel_stats(x: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.
     aten's slow_conv2d on CPU). The fast path (fast.py) gets the same sums from one channels-last pooling pass.
     """
     _, _, h, w = x.shape
-    r = (x - x0).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W)
     xp = F.pad(x, (1, 1, 1, 1))  # (N, C, H+2, W+2)
     rows = xp[..., :-2] + xp[..., 1:-1] + xp[..., 2:]  # (N, C, H+2, W)
     box = rows[..., :-2, :] + rows[..., 1:-1, :] + rows[..., 2:, :]  # (N, C, H, W) 3x3 sums
     count = valid_count(h, x)[:, None] * valid_count(w, x)[None, :]  # (H, W) valid neighbours
-    v = (x - box / count).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W)
-    return r, v
+    return (x - box / count).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W)
+
+
+def pixel_stats(x: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-input-pixel :func:`residual` and :func:`variation`, both (N, 1, H, W)."""
+    return residual(x, x0), variation(x)
 
 
 def block_pool(m: torch.Tensor, k: int, s: int, p: int, block: int) -> torch.Tensor:
@@ -132,13 +137,8 @@ def gate(x: torch.Tensor, x0: torch.Tensor, k: int, stride: int, padding: int, b
          tau_s: float, force_dense: bool) -> torch.Tensor:
     """The threshold gate: decision (N, nbh, nbw) int32. With ``tau_s == 0`` nothing can INTERPOLATE,
     so the variation pass is skipped (same decisions, less work)."""
-    if tau_s > 0:
-        r, v = pixel_stats(x, x0)
-        vb = block_pool(v, k, stride, padding, block)
-    else:
-        r = (x - x0).abs().mean(dim=1, keepdim=True)  # (N, 1, H, W)
-        vb = None
-    rb = block_pool(r, k, stride, padding, block)
+    vb = block_pool(variation(x), k, stride, padding, block) if tau_s > 0 else None
+    rb = block_pool(residual(x, x0), k, stride, padding, block)
     d = threshold_decisions(rb, rb if vb is None else vb, tau_t, tau_s)
     return torch.full_like(d, COMPUTE) if force_dense else d
 
@@ -164,9 +164,13 @@ def expand_blocks(d: torch.Tensor, block: int, h: int, w: int, unit: int = 1) ->
     """Per-block map (..., nbh, nbw) -> per-pixel map (..., h, w): pixel (r, c) takes block
     (min(r // (block*unit), nbh-1), min(c // (block*unit), nbw-1))."""
     nbh, nbw = d.shape[-2:]
-    ri = torch.clamp(torch.arange(h, device=d.device) // (block * unit), max=nbh - 1)
-    ci = torch.clamp(torch.arange(w, device=d.device) // (block * unit), max=nbw - 1)
+    ri, ci = block_index(h, block, nbh, unit, d.device), block_index(w, block, nbw, unit, d.device)
     return d.index_select(d.dim() - 2, ri).index_select(d.dim() - 1, ci)
+
+
+def block_index(size: int, block: int, nb: int, unit: int = 1, device: torch.device | None = None) -> torch.Tensor:
+    """The block of each of ``size`` rows (or columns): ``min(i // (block*unit), nb - 1)``."""
+    return torch.clamp(torch.arange(size, device=device) // (block * unit), max=nb - 1)
 
 
 def apply_decisions(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: torch.Tensor,
@@ -215,8 +219,8 @@ def triple_sparse_conv_blockwise(
     ho, wo = y0.shape[-2:]
     nbh, nbw = -(-ho // block), -(-wo // block)
     xp = F.pad(x, (padding,) * 4)
-    r = F.pad((x - x0).abs().mean(1), (padding,) * 4, value=float("-inf"))  # (N, H+2p, W+2p)
-    v = F.pad(pixel_stats(x, x0)[1][:, 0], (padding,) * 4, value=float("-inf"))
+    r = F.pad(residual(x, x0)[:, 0], (padding,) * 4, value=float("-inf"))  # (N, H+2p, W+2p)
+    v = F.pad(variation(x)[:, 0], (padding,) * 4, value=float("-inf"))
 
     def conv_at(i: int, oy: int, ox: int) -> torch.Tensor:  # exact conv at one output pixel, (Cout,)
         patch = xp[i, :, oy * stride: oy * stride + k, ox * stride: ox * stride + k]
