@@ -138,7 +138,7 @@ def run_gpu_bench(model_name: str, *, precision: str = "fp32", frames: int | Non
         return []
     from edgevis.bench import report
     from edgevis.bench.machine import describe_machine
-    from edgevis.bench.sparsity import SparsityProbe, sparse_layers
+    from edgevis.bench.sparsity import make_probe
     from edgevis.models.zoo import build_model
     from edgevis.runtime.pipeline import best_backend
     from edgevis.runtime.runner import StreamRunner
@@ -154,7 +154,6 @@ def run_gpu_bench(model_name: str, *, precision: str = "fp32", frames: int | Non
     clip = report.bench_clip(hw, n + warmup)
     options = report.policy_options(model, clip)
     machine, gflops, stamp = describe_machine(), report.count_gflops(model), time.strftime("%Y%m%d-%H%M%S")
-    layers = sparse_layers(model)
     rows, all_lat = [], {}
     for variant, prec in plan.items():
         with cuda_kernels(variant == KERNELS) as kernels:
@@ -162,7 +161,7 @@ def run_gpu_bench(model_name: str, *, precision: str = "fp32", frames: int | Non
             torch.cuda.reset_peak_memory_stats()
             runner = StreamRunner(model.policy(**options), _open(model, variant, prec, Path(out_dir) / "onnx"),
                                   num_streams=streams)
-            probe = SparsityProbe(model, layers) if layers and variant != "trt" else None
+            probe = make_probe(model, variant)
             try:
                 stats, lat = report.measure(runner, clip.frames, warmup=warmup, streams=streams, cuda=True,
                                             label=f"bench --gpu {model_name} [{variant}]", probe=probe)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgevis.bench.machine import bench_parser, describe_machine, median_ms
+from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine, median_ms
 from edgevis.models.zoo import build_model
 
 PAPER_MS = 176.0  # MobileInst, one Snapdragon 778G CPU core (paper, COCO-size input)
@@ -137,11 +137,8 @@ def run(model_name: str, threads: list[int], reps: int, warmup: int, out_dir: Pa
     extra = {"int8_instance_mask_agreement": info.get("int8_mask_agreement_iou"),
              "int8_raw_query_mask_iou": agreement_raw, f"runner_ort_fp32_T3_{threads[0]}thread_ms": runner_t3,
              "paper_ms_snapdragon778g_1core": PAPER_MS}
-    bench_dir = out_dir / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with open(bench_dir / "mobileinst.jsonl", "a") as f:
-        for r in rows:
-            f.write(json.dumps({**r, **extra, "machine": machine, "timestamp": stamp}) + "\n")
+    for r in rows:
+        append_jsonl(out_dir / "bench" / "mobileinst.jsonl", {**r, **extra, "machine": machine, "timestamp": stamp})
     print(table(rows, machine, extra, threads[0]))
     return rows
 

@@ -11,7 +11,6 @@ usage: python -m edgevis.bench.ookd [--model ookd] [--threads 1,2] [--reps 10]
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgevis.bench.machine import bench_parser, describe_machine, median_ms
+from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine, median_ms
 from edgevis.models.zoo import build_model
 from edgevis.runtime.tracker import IdolTracker
 
@@ -112,11 +111,8 @@ def run(model_name: str, threads: list[int], reps: int, warmup: int, out_dir: Pa
              "tracker_target_ms": TRACKER_TARGET_MS, "top_k": cfg.top_k, "embed_dim": cfg.embed_dim,
              "mask_hw": list(cfg.mask_hw)}
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    bench_dir = out_dir / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with open(bench_dir / "ookd.jsonl", "a") as f:
-        for r in rows:
-            f.write(json.dumps({**r, **extra, "machine": machine, "timestamp": stamp}) + "\n")
+    for r in rows:
+        append_jsonl(out_dir / "bench" / "ookd.jsonl", {**r, **extra, "machine": machine, "timestamp": stamp})
     print(table(rows, machine, extra))
     return rows
 

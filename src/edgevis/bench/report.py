@@ -18,7 +18,6 @@ minutes on 2 cores), anything else 100; warm-up is ``min(10, max(2, frames // 4)
 
 from __future__ import annotations
 
-import json
 import resource
 import time
 from collections.abc import Collection
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from edgevis.bench.machine import describe_machine, machine_id
+from edgevis.bench.machine import append_jsonl, describe_machine, machine_id
 from edgevis.bench.readme import fmt_sparsity
 from edgevis.errors import EdgevisError
 from edgevis.models.zoo import build_model
@@ -325,10 +324,8 @@ def write_reports(rows: list[BenchRow], latencies: dict[str, list[float]], out_d
                   *, baseline: str) -> Path:
     """JSONL rows (appended), the Markdown table and the PNG under ``out_dir/bench``; prints the table."""
     bench_dir = Path(out_dir) / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    with open(bench_dir / f"{machine_id(rows[0].machine)}.jsonl", "a") as f:
-        for r in rows:
-            f.write(json.dumps(asdict(r)) + "\n")
+    for r in rows:
+        append_jsonl(bench_dir / f"{machine_id(rows[0].machine)}.jsonl", asdict(r))
     table = markdown_table(rows)
     suffix = "-gpu" if rows[0].device != "cpu" else ""
     (bench_dir / f"{model_name}{suffix}-{stamp}.md").write_text(table + "\n")

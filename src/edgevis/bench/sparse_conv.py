@@ -25,7 +25,6 @@ interleaves dense and sparse calls so both see the same machine load, and report
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edgevis.bench.machine import describe_machine
+from edgevis.bench.machine import append_jsonl, describe_machine
 from edgevis.plugins.sparse_conv.fast import SparseConvStats, triple_sparse_conv_fast
 from edgevis.plugins.sparse_conv.reference import COMPUTE, INTERPOLATE, expand_blocks
 
@@ -362,11 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                block=args.block, refresh=args.refresh, rel_tau_t=args.tau_t, rel_tau_s=args.tau_s,
                videos={k: {kk: vv for kk, vv in v.items() if kk != "per_frame"} for k, v in results.items()},
                active_sweep=sw, **summary)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    print(f"\nappended to {out}")
+    print(f"\nappended to {append_jsonl(args.out, row)}")
     return row
 
 

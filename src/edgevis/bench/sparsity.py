@@ -63,25 +63,34 @@ class SparsityProbe:
         self.block = int(model.net.cfg.block)
         self.layers = layers
         self.stage = stage
-        self.stats = SparseConvStats()
+        self.stats = SparseConvStats()  # complete after totals() or summary()
         self.frames = 0
+        self._pending: list[list[torch.Tensor]] = []  # decisions kept during timed steps, counted later
 
     def before_step(self) -> None:
         self.net.last_decisions = []  # so a step that did not run the eager stage reads as "no decisions"
 
     def after_step(self) -> None:
+        """Keep the step's decisions (small block grids); they are counted by :meth:`totals`, so the
+        accounting (and, on a GPU, its device syncs) stays outside the timed steps."""
+        decisions = list(self.net.last_decisions)
+        if len(decisions) == len(self.layers):
+            self._pending.append(decisions)
+
+    def totals(self) -> Any:
+        """The :class:`SparseConvStats` of every step so far (counts what :meth:`after_step` kept)."""
         from edgevis.plugins.sparse_conv.fast import account, count_decisions
 
-        decisions = list(self.net.last_decisions)
-        if len(decisions) != len(self.layers):
-            return
-        for d, (x_shape, w_shape, y_hw) in zip(decisions, self.layers):
-            n = int(d.shape[0])
-            account(self.stats, count_decisions(d, self.block, *y_hw), (n, *x_shape), w_shape, y_hw)
-        self.frames += int(decisions[0].shape[0])
+        for decisions in self._pending:
+            for d, (x_shape, w_shape, y_hw) in zip(decisions, self.layers):
+                n = int(d.shape[0])
+                account(self.stats, count_decisions(d, self.block, *y_hw), (n, *x_shape), w_shape, y_hw)
+            self.frames += int(decisions[0].shape[0])
+        self._pending.clear()
+        return self.stats
 
     def summary(self, stage_gflops: float | None = None) -> SparsitySummary | None:
-        s = self.stats
+        s = self.totals()
         if self.frames == 0 or s.flops_dense == 0:
             return None
         skipped = 1.0 - (s.flops_compute + s.flops_interpolate) / s.flops_dense
@@ -94,7 +103,7 @@ class SparsityProbe:
 
 def make_probe(model: Any, backend: str) -> SparsityProbe | None:
     """A probe for ``model`` run through ``backend``, or None (dense model, or decisions not readable)."""
-    if backend != "torch":
+    if not backend.startswith("torch"):  # eager PyTorch, on CPU or CUDA (bench --gpu's torch-cuda variants)
         return None
     layers = sparse_layers(model)
     return SparsityProbe(model, layers) if layers else None

@@ -28,7 +28,6 @@ Prints Markdown tables and appends a JSON row to reports/bench/spvos.jsonl.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgevis.bench.machine import describe_machine
-from edgevis.plugins.sparse_conv.fast import SparseConvStats, account, count_decisions
+from edgevis.bench.machine import append_jsonl, describe_machine
+from edgevis.bench.sparsity import SparsityProbe, sparse_layers
 
 REPORT = Path("reports/bench/spvos.jsonl")
 
@@ -82,51 +81,47 @@ def calibrate(model: Any, frames: np.ndarray, rel_t: float, rel_s: float) -> tup
     return tuple(rel_t * m for m in mean), tuple(rel_s * m for m in mean)
 
 
-def dense_flops(model: Any) -> tuple[float, dict[str, float]]:
-    """Dense encode_key FLOPs and the dense FLOPs of each sparse conv."""
+def dense_flops(model: Any) -> float:
+    """Dense encode_key FLOPs (torch's FlopCounterMode, custom ops counted dense)."""
     cfg = model.cfg
     x = torch.zeros(1, cfg.height, cfg.width, 3, dtype=torch.uint8)
     with FlopCounterMode(display=False) as c, torch.no_grad():
         model.net.encode_key(x, None)
-    per = {}
-    for (name, conv), (_xs, ys) in zip(model.net.sparse_layers, model.net.cache_shapes()):
-        per[name] = 2.0 * conv.weight.numel() * ys[1] * ys[2]
-    return float(c.get_total_flops()), per
+    return float(c.get_total_flops())
 
 
-def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: int) -> dict[str, Any]:
-    """Sparse encode_key over ``frames`` (caches carried, dense every ``refresh`` frames) vs dense: FLOPs, time."""
+def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: int, total_dense: float,
+                    ) -> dict[str, Any]:
+    """Sparse encode_key over ``frames`` (caches carried, dense every ``refresh`` frames) vs dense: FLOPs, time.
+    ``total_dense``: the dense encode_key's FLOPs (:func:`dense_flops`)."""
     spec = model.iospec("encode_key")
-    total_dense, per_layer = dense_flops(model)
-    sparse_part = sum(per_layer.values())
-    stats = SparseConvStats()
+    probe = SparsityProbe(model, sparse_layers(model))
     caches = [s.initial({"B": 1}) for s in spec.states]
-    t_dense, t_sparse, flops_sparse = [], [], []
+    t_dense, t_sparse = [], []
     stage_s, stage_d = model.stage("encode_key"), dense_model.stage("encode_key")
     with torch.inference_mode():
         for t, f in enumerate(frames):
             img = torch.from_numpy(f)[None]
             if refresh and t % refresh == 0:
                 caches = [s.initial({"B": 1}) if s.init == "neg_inf" else c for s, c in zip(spec.states, caches)]
+            probe.before_step()
             t0 = time.perf_counter()
             stage_d(img)
             t1 = time.perf_counter()
             out = stage_s(img, *caches)
             t2 = time.perf_counter()
+            probe.after_step()
             caches = list(out[5:])
             t_dense.append(t1 - t0)
             t_sparse.append(t2 - t1)
-            frame_stats = SparseConvStats()
-            for (_name, conv), (xs, ys), d in zip(model.net.sparse_layers, model.net.cache_shapes(),
-                                                 model.net.last_decisions):
-                account(frame_stats, count_decisions(d, model.cfg.block, ys[1], ys[2]), (1, *xs),
-                        tuple(conv.weight.shape), (ys[1], ys[2]))
-            stats.add(frame_stats)
-            flops_sparse.append(total_dense - sparse_part + frame_stats.flops_sparse)
+    stats = probe.totals()
+    n = probe.frames
+    # per frame: the dense encoder with the sparse convs' dense FLOPs replaced by what their decisions cost
+    flops_sparse = total_dense - (stats.flops_dense - stats.flops_sparse) / n
     fr = stats.fractions()
     return {
-        "frames": len(frames), "flops_dense_M": total_dense / 1e6, "flops_sparse_M": float(np.mean(flops_sparse)) / 1e6,
-        "flops_saved": 1.0 - float(np.mean(flops_sparse)) / total_dense, "sparse_share": sparse_part / total_dense,
+        "frames": len(frames), "flops_dense_M": total_dense / 1e6, "flops_sparse_M": flops_sparse / 1e6,
+        "flops_saved": 1.0 - flops_sparse / total_dense, "sparse_share": stats.flops_dense / n / total_dense,
         "reuse": fr[0], "interpolate": fr[1], "compute": fr[2],
         "ms_dense": 1e3 * float(np.median(t_dense)), "ms_sparse": 1e3 * float(np.median(t_sparse)),
         "speedup": float(np.median(t_dense) / np.median(t_sparse)),
@@ -211,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     calib = cam[:4] if args.camera_only else np.concatenate([c.frames[:4] for c in footage["synthetic"]])
     jf_dense = {k: evaluate(dense, v) for k, v in footage.items()}
     bound = sparse_conv_bound(dense, cam[: args.frames])
+    total_dense = dense_flops(model)  # the same for every threshold
     rows = []
     for rel in args.rel_t:
         tau_t, tau_s = calibrate(model, calib, rel, args.rel_s)
@@ -221,8 +217,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             frames = np.concatenate([c.frames for c in clips])
             row[name] = {"JF_dense": jf_dense[name]["JF"], "JF_sparse": jf["JF"],
                          "JF_kept": jf["JF"] / max(jf_dense[name]["JF"], 1e-9),
-                         **run_key_encoder(model, dense, frames, model.cfg.refresh)}
-        row["camera"] = run_key_encoder(model, dense, cam, model.cfg.refresh)
+                         **run_key_encoder(model, dense, frames, model.cfg.refresh, total_dense)}
+        row["camera"] = run_key_encoder(model, dense, cam, model.cfg.refresh, total_dense)
         row["tau_t"], row["tau_s"] = list(tau_t), list(tau_s)
         rows.append(row)
     from edgevis.data import masks_to_labels
@@ -260,9 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "threads": args.threads, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows, "memory": mem,
            "sparse_conv_bound": bound,
            "footage": "synthetic (make_clip held-out, make_clip static camera + noise, procedural camera-like)"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as fh:
-        fh.write(json.dumps(doc) + "\n")
+    append_jsonl(args.out, doc)
     return doc
 
 
