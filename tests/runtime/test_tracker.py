@@ -7,8 +7,9 @@ from collections import deque
 import numpy as np
 import pytest
 
+from edgevis.data import mask_iou_matrix
 from edgevis.errors import EdgevisError
-from edgevis.runtime.tracker import IdolTracker, TrackerConfig, TrackerStateError, bisoftmax, mask_iou
+from edgevis.runtime.tracker import IdolTracker, TrackerConfig, TrackerStateError, bisoftmax
 
 HW = (32, 48)
 D = 16
@@ -52,7 +53,7 @@ def test_bisoftmax_and_mask_iou():
     s = bisoftmax(e, e)
     assert s.shape == (2, 2) and s[0, 0] > 0.9 and s[1, 1] > 0.9
     a, b = box_mask(0, 0), box_mask(4, 0)
-    iou = mask_iou(np.stack([a, b]).reshape(2, -1), np.stack([a]).reshape(1, -1))
+    iou = mask_iou_matrix(np.stack([a, b]).reshape(2, -1), np.stack([a]).reshape(1, -1))
     assert iou[0, 0] == 1.0 and iou[1, 0] == pytest.approx(32 / 96)
 
 

@@ -72,11 +72,16 @@ def prepare(frame: np.ndarray, input_hw: tuple[int, int], pre: Preprocess) -> tu
     return torch.from_numpy(np.ascontiguousarray(chw)[None]), lb  # (1, 3, H, W)
 
 
+def crop_hw(lb: Letterbox, h: int, w: int) -> tuple[int, int]:
+    """Rows and columns of an (h, w) model-resolution map that cover the source (the rest is letterbox
+    padding)."""
+    return (max(1, min(h, math.ceil(lb.resized_hw[0] * h / lb.input_hw[0]))),
+            max(1, min(w, math.ceil(lb.resized_hw[1] * w / lb.input_hw[1]))))
+
+
 def _crop(maps: torch.Tensor | np.ndarray, lb: Letterbox) -> np.ndarray:
     """The part of model-resolution maps (N, h, w) that covers the source (letterbox padding cut)."""
-    n, h, w = maps.shape
-    ch = max(1, min(h, math.ceil(lb.resized_hw[0] * h / lb.input_hw[0])))
-    cw = max(1, min(w, math.ceil(lb.resized_hw[1] * w / lb.input_hw[1])))
+    ch, cw = crop_hw(lb, *maps.shape[-2:])
     crop = maps[:, :ch, :cw]
     if isinstance(crop, torch.Tensor):
         crop = crop.detach().float().cpu().numpy()

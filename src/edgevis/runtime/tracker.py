@@ -102,12 +102,14 @@ class TrackOutput:
     new: np.ndarray  # (N,) bool, opened a tracklet on this frame
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, P) and (M, P) bool masks -> (N, M) IoU (0 where both are empty)."""
-    af, bf = a.astype(np.float32), b.astype(np.float32)
-    inter = af @ bf.T
-    union = af.sum(1)[:, None] + bf.sum(1)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+def greedy_nms(ious: np.ndarray, threshold: float) -> list[int]:
+    """Greedy NMS over score-sorted rows of an (N, N) IoU matrix: a row is kept unless its IoU with a
+    kept row exceeds ``threshold``; returns the kept row positions (the tracker's and MobileInst's)."""
+    keep: list[int] = []
+    for i in range(len(ious)):
+        if not keep or not (ious[i, keep] > threshold).any():
+            keep.append(i)
+    return keep
 
 
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
@@ -190,6 +192,8 @@ class IdolTracker:
     # ---- one frame -------------------------------------------------------------------------------
     def step(self, scores: np.ndarray, labels: np.ndarray, embeds: np.ndarray, masks: np.ndarray) -> TrackOutput:
         """Detections of one frame: scores (N,), labels (N,), embeds (N, D), masks (N, ...) bool."""
+        from edgevis.data.metrics import mask_iou_matrix  # lazily: edgevis.data loads its readers and cv2
+
         cfg = self.cfg
         if self.debug:
             self.check_invariants()
@@ -207,8 +211,9 @@ class IdolTracker:
         flat = np.asarray(masks, bool).reshape(n, int(np.prod(np.shape(masks)[1:])))  # (N, P)
         ok = np.isfinite(scores) & (scores >= cfg.init_score) & np.isfinite(embeds).all(1) & flat.any(1)
         order = np.flatnonzero(ok)[np.argsort(-scores[ok], kind="stable")]  # candidates, best first
-        ious = mask_iou(flat[order], flat[order]) if len(order) else np.zeros((0, 0), np.float32)
-        keep = self._nms(ious, cfg.nms_pre)
+        ious = (mask_iou_matrix(flat[order], flat[order]).astype(np.float32) if len(order)
+                else np.zeros((0, 0), np.float32))
+        keep = greedy_nms(ious, cfg.nms_pre)
         cand = order[keep]  # (n,) detection rows
         ious = ious[np.ix_(keep, keep)]
         ids = np.full(len(cand), -1, np.int64)
@@ -255,12 +260,3 @@ class IdolTracker:
             self.check_invariants()
         shown = ids >= 0
         return TrackOutput(cand[shown].astype(np.int64), ids[shown], new[shown])
-
-    @staticmethod
-    def _nms(ious: np.ndarray, threshold: float) -> list[int]:
-        """Greedy NMS over score-sorted rows of an IoU matrix; returns kept row positions."""
-        keep: list[int] = []
-        for i in range(len(ious)):
-            if not keep or not (ious[i, keep] > threshold).any():
-                keep.append(i)
-        return keep

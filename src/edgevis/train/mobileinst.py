@@ -25,6 +25,7 @@ from edgevis.data.ytvis import tracks_to_predictions
 from edgevis.errors import EdgevisError
 from edgevis.models.mobileinst import kernel_masks
 from edgevis.models.zoo import WEIGHTS_DIR, build_model
+from edgevis.train.losses import dice_matrix, focal_loss
 
 LOSS_WEIGHTS = {"cls": 2.0, "dice": 2.0, "bce": 5.0, "obj": 1.0}
 
@@ -32,19 +33,6 @@ LOSS_WEIGHTS = {"cls": 2.0, "dice": 2.0, "bce": 5.0, "obj": 1.0}
 def synthetic_clips(n: int, seed: int, hw: tuple[int, int], frames: int, classes: int) -> list[SyntheticClip]:
     return make_dataset(n, seed, num_frames=frames, height=hw[0], width=hw[1], num_objects=(1, 4),
                         num_classes=classes, noise_std=3.0, flicker=0.05)
-
-
-def dice_score(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """p (N, P), t (M, P) in [0, 1] -> (N, M) dice coefficients."""
-    inter = p @ t.T
-    return 2 * inter / (p.sum(1)[:, None] + t.sum(1)[None, :] + 1e-4)
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    pt = p * target + (1 - p) * (1 - target)
-    return ((alpha * target + (1 - alpha) * (1 - target)) * ce * (1 - pt) ** gamma).sum()
 
 
 def instance_losses(masks: torch.Tensor, logits: torch.Tensor, obj: torch.Tensor, gt_masks: list[torch.Tensor],
@@ -62,7 +50,7 @@ def instance_losses(masks: torch.Tensor, logits: torch.Tensor, obj: torch.Tensor
         t = gt_masks[i].flatten(1)  # (N, P)
         p = torch.sigmoid(up[i])  # (Q, P)
         with torch.no_grad():
-            cost = dice_score(p, t).clamp_min(1e-6) ** 0.8 * torch.sigmoid(logits[i][:, gt_cls[i]]) ** 0.2  # (Q, N)
+            cost = dice_matrix(p, t).clamp_min(1e-6) ** 0.8 * torch.sigmoid(logits[i][:, gt_cls[i]]) ** 0.2  # (Q, N)
             rows, cols = linear_sum_assignment(-cost.numpy())
         rows_t, cols_t = torch.as_tensor(rows), torch.as_tensor(cols)
         pm, tm = p[rows_t], t[cols_t]  # (n, P)

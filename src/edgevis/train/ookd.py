@@ -39,6 +39,8 @@ from scipy.optimize import linear_sum_assignment
 from edgevis.data.synthetic import SyntheticClip, make_clip
 from edgevis.data.ytvis import tracks_to_predictions
 from edgevis.errors import EdgevisError
+from edgevis.models.checkpoints import save_checkpoint
+from edgevis.train.losses import dice_matrix, focal_loss
 
 WEIGHTS = {"cls": 2.0, "l1": 5.0, "giou": 2.0, "dice": 5.0, "bce": 2.0, "aux": 1.0, "assoc": 1.0, "assoc_aux": 1.0}
 NUM_SYNTH_CLASSES = 5
@@ -148,18 +150,6 @@ def giou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     lt2, rb2 = torch.min(a[:, None, :2], b[None, :, :2]), torch.max(a[:, None, 2:], b[None, :, 2:])
     hull = (rb2 - lt2).clamp(min=0).prod(-1)
     return iou - (hull - union) / hull.clamp(min=1e-6)
-
-
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    p = torch.sigmoid(logits)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    pt = p * target + (1 - p) * (1 - target)
-    return ((alpha * target + (1 - alpha) * (1 - target)) * ce * (1 - pt) ** gamma).sum()
-
-
-def dice_matrix(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """p (Q, P), t (N, P) in [0, 1] -> (Q, N) dice coefficients."""
-    return 2 * (p @ t.T) / (p.sum(1)[:, None] + t.sum(1)[None] + 1e-4)
 
 
 @torch.no_grad()
@@ -376,13 +366,6 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-eval", dest="do_eval", action="store_false")
 
 
-def save(model: Any, model_name: str, path: Path, meta: dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model_name, "state_dict": model.net.state_dict(), "meta": meta}, path)
-    print(f"saved {path}")
-    return path
-
-
 def report_eval(model: Any, a: argparse.Namespace, out: Path | None = None) -> dict[str, Any]:
     cfg = model.cfg
     res = evaluate(model, heldout_clips(a.eval_clips, 10_000, (cfg.height, cfg.width), a.eval_frames))
@@ -417,7 +400,7 @@ def main(model_name: str, argv: list[str]) -> int:
                          max_gap=a.max_gap, max_minutes=a.max_minutes)
     meta["command"] = shlex.join(["edgevis", "train", "--model", model_name, *argv])
     out = Path(a.out) if a.out else Path("runs") / model_name / "task.pt"
-    save(model, model_name, out, meta)
+    print(f"saved {save_checkpoint(model, out, meta=meta)}")
     if a.do_eval:
         report_eval(model, a, out)
     return 0

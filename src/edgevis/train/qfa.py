@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from edgevis.data.synthetic import SyntheticClip
 from edgevis.errors import EdgevisError
+from edgevis.models.checkpoints import save_checkpoint
 from edgevis.train.ookd import (
     MIN_PIXELS,
     Target,
@@ -42,7 +43,6 @@ from edgevis.train.ookd import (
     hungarian,
     report_eval,
     sample_windows,
-    save,
     set_losses,
     train_student,
     training_clips,
@@ -218,7 +218,7 @@ def build_teacher(student_name: str, student: Any, a: argparse.Namespace, data: 
         meta = train_teacher(teacher, data, steps=a.teacher_steps, batch=a.batch, lr=a.lr, seed=a.seed,
                              max_minutes=a.teacher_minutes)
         print(f"teacher {name}: {meta['steps']} offline steps in {meta['minutes']:.1f} min, loss {meta.get('loss', 0):.3f}")
-        save(teacher, name, out_dir / f"teacher_{name}.pt", meta)
+        print(f"saved {save_checkpoint(teacher, out_dir / f'teacher_{name}.pt', meta=meta)}")
     teacher.net.eval()
     for p in teacher.net.parameters():
         p.requires_grad_(False)
@@ -260,7 +260,7 @@ def main(model_name: str, argv: list[str]) -> int:
                          extra_params=qfa.params, log=log)
     meta.update(command=shlex.join(["edgevis", "distill", "--model", model_name, *argv]), teacher=teacher.name,
                 pairs=qfa.pairs_seen)
-    save(student, model_name, out, meta)
+    print(f"saved {save_checkpoint(student, out, meta=meta)}")
     out.with_suffix(".log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
     if a.do_eval:
         report_eval(student, a, out)

@@ -69,6 +69,8 @@ def make_pool(n: int, frames: int, hw: tuple[int, int], seed: int, k: int) -> li
 def sample_batch(pool: list[Any], rng: np.random.Generator, batch: int, k: int, max_gap: int, consecutive: bool
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """images (B, 3, H, W, 3) uint8, masks (B, 3, K, H, W) float, labels (B, 3, H, W) long, obj_valid (B, K)."""
+    from edgevis.data import masks_to_labels
+
     imgs, masks, labels, valid = [], [], [], []
     for _ in range(batch):
         clip = pool[int(rng.integers(len(pool)))]
@@ -83,9 +85,7 @@ def sample_batch(pool: list[Any], rng: np.random.Generator, batch: int, k: int, 
         n = min(clip.num_objects, k)
         m = np.zeros((3, k, clip.height, clip.width), np.float32)
         m[:, :n] = clip.masks[idx, :n]
-        lab = np.zeros((3, clip.height, clip.width), np.int64)
-        for j in range(n):
-            lab[m[:, j] > 0] = j + 1
+        lab = masks_to_labels(m[:, :n] > 0).astype(np.int64)  # (3, H, W)
         v = np.zeros(k, np.float32)
         v[:n] = 1
         imgs.append(clip.frames[idx])

@@ -22,6 +22,7 @@ from edgevis.errors import EdgevisError
 from edgevis.runtime.policy import Policy, StageCaller, StepItem, StreamState
 from edgevis.runtime.preprocess import LazyMasks, prepare
 from edgevis.runtime.results import FrameResult
+from edgevis.runtime.tracker import greedy_nms
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -43,15 +44,9 @@ class Detections:
 
 def _mask_nms(binary: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy NMS over (N, P) bool masks already sorted by score; returns kept row indices."""
-    m = binary.astype(np.float32)
-    inter = m @ m.T  # (N, N)
-    area = m.sum(1)
-    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1.0)
-    keep: list[int] = []
-    for i in range(len(m)):
-        if all(iou[i, j] <= iou_threshold for j in keep):
-            keep.append(i)
-    return np.asarray(keep, np.int64)
+    from edgevis.data.metrics import mask_iou_matrix
+
+    return np.asarray(greedy_nms(mask_iou_matrix(binary, binary).astype(np.float32), iou_threshold), np.int64)
 
 
 def decode_detections(logits: np.ndarray, objectness: np.ndarray, mask_logits: np.ndarray, *,

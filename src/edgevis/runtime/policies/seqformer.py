@@ -28,7 +28,6 @@ Post-processing is numpy/scipy; the graphs stay static.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,7 +38,7 @@ from scipy.optimize import linear_sum_assignment
 
 from edgevis.errors import EdgevisError
 from edgevis.runtime.policy import Policy, StageCaller, StepItem, StreamState
-from edgevis.runtime.preprocess import LazyMasks, Letterbox, prepare
+from edgevis.runtime.preprocess import LazyMasks, Letterbox, crop_hw, prepare
 from edgevis.runtime.results import FrameResult
 
 
@@ -174,13 +173,6 @@ class SeqFormerPolicy(Policy):
         return [self._result(it.state) for it in items]
 
     # ---- association ----------------------------------------------------------------------------
-    def _valid_crop(self, st: SeqFormerState, h: int, w: int) -> tuple[int, int]:
-        lb = st.letterbox
-        assert lb is not None
-        ch = max(1, min(h, math.ceil(lb.resized_hw[0] * h / lb.input_hw[0])))
-        cw = max(1, min(w, math.ceil(lb.resized_hw[1] * w / lb.input_hw[1])))
-        return ch, cw
-
     def _link(self, st: SeqFormerState, window: list[WindowFrame], out: dict[str, torch.Tensor]) -> None:
         scores = out["scores"][0].float().numpy()  # (K,)
         labels = out["labels"][0].numpy().astype(np.int64)
@@ -189,7 +181,8 @@ class SeqFormerPolicy(Policy):
         logits = out["masks"][0].float().numpy()  # (K, T, h, w)
         keep = np.flatnonzero(scores >= self.score_threshold)
         st.decodes += 1
-        ch, cw = self._valid_crop(st, logits.shape[-2], logits.shape[-1])
+        assert st.letterbox is not None
+        ch, cw = crop_hw(st.letterbox, logits.shape[-2], logits.shape[-1])
         probs = 1.0 / (1.0 + np.exp(-np.clip(logits[keep, :, :ch, :cw], -30.0, 30.0)))  # (N, T, ch, cw)
         emb = embed[keep]
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
