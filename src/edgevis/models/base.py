@@ -8,6 +8,7 @@ state outputs. The runner owns the state; the policy (``runtime/policies``) owns
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,20 @@ class Deployable(ABC):
         load_state_dict_strict(self.module, sd, source=str(path))
 
 
-def load_checkpoint(path: str | Path) -> Any:
+def load_checkpoint(path: str | Path, allow: Sequence[type] = ()) -> Any:
+    """``torch.load`` a checkpoint safely: weights only, plus the classes in ``allow`` (published
+    checkpoints pickle their ``argparse.Namespace`` of training arguments)."""
     p = Path(path)
     if not p.is_file():
         raise EdgevisError(f"weights file {p} does not exist; pass --weights <path to a .pt/.pth checkpoint>")
     try:
-        return torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle of another format, ...
-        raise EdgevisError(f"weights file {p} cannot be read ({type(e).__name__}: {str(e)[:120]}); "
-                           "is it truncated or not a PyTorch checkpoint?") from None
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, not a checkpoint at all
+        raise EdgevisError(
+            f"weights file {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+            "is it truncated or not a PyTorch checkpoint? Download or save it again"
+        ) from None
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

@@ -30,26 +30,11 @@ from typing import Any
 import torch
 
 from edgevis.errors import EdgevisError
-from edgevis.models.base import load_state_dict_strict
+from edgevis.models.base import load_checkpoint, load_state_dict_strict
 
 DUPLICATE_PREFIX = "detr.transformer.decoder.bbox_embed."
 SHARED_PREFIX = "detr.bbox_embed."
 _UNUSED = re.compile(r"^detr\.transformer\.encoder\.layers\.\d+\.self_attn\.output_proj_box\.")
-
-
-def read_checkpoint(path: str | Path) -> Any:
-    """``torch.load`` a checkpoint safely (weights only; argparse.Namespace allowed for published files)."""
-    p = Path(path)
-    if not p.is_file():
-        raise EdgevisError(f"weights file {p} does not exist; pass --weights <path to a .pt/.pth checkpoint>")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, not a checkpoint at all
-        raise EdgevisError(
-            f"weights file {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-            "is it truncated or not a PyTorch checkpoint? Download or save it again"
-        ) from None
 
 
 def split_checkpoint(obj: Any, source: str) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -107,7 +92,7 @@ def save_checkpoint(model: Any, path: str | Path, **extra: Any) -> Path:
 def load_seqformer_weights(model: Any, path: str | Path) -> None:
     """Load an edgevis or published SeqFormer checkpoint into ``model`` (SeqFormer or RecurrentSeqFormer)."""
     source = str(path)
-    sd, owner = split_checkpoint(read_checkpoint(path), source)
+    sd, owner = split_checkpoint(load_checkpoint(path, allow=(argparse.Namespace,)), source)
     if owner is not None and owner != model.name:
         raise EdgevisError(f"{source} holds weights of model '{owner}', not '{model.name}'; pass --model {owner}")
     sd = convert_official(sd, source)
