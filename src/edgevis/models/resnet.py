@@ -12,6 +12,7 @@ running_mean, running_var`` (no ``num_batches_tracked``) and folds them into one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,26 +51,34 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    expansion = 4
+    """torchvision ResNet v1.5 bottleneck (stride on the 3x3 conv). ``BN``: its frozen BatchNorm class
+    (STCN's blocks use the variant that keeps ``num_batches_tracked``)."""
 
-    def __init__(self, cin: int, width: int, stride: int) -> None:
+    expansion = 4
+    BN: type[FrozenBatchNorm2d] = FrozenBatchNorm2d
+
+    def __init__(self, cin: int, width: int, stride: int = 1, expansion: int | None = None) -> None:
         super().__init__()
-        cout = width * self.expansion
+        cout = width * (self.expansion if expansion is None else expansion)
+        bn = self.BN
         self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(width)
+        self.bn1 = bn(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)  # stride on the 3x3 (v1.5)
-        self.bn2 = FrozenBatchNorm2d(width)
+        self.bn2 = bn(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(cout)
+        self.bn3 = bn(cout)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), FrozenBatchNorm2d(cout))
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), bn(cout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, conv: Callable | None = None, prefix: str = "") -> torch.Tensor:
+        """``conv``: an optional runner ``(name, conv, x) -> y`` for the 3x3 conv, named ``prefix + "conv2"``
+        (SpVOS runs it as a triple-gated sparse conv)."""
         idt = x if self.downsample is None else self.downsample(x)
         y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.conv2(y) if conv is None else conv(prefix + "conv2", self.conv2, y)
+        y = self.relu(self.bn2(y))
         return self.relu(self.bn3(self.conv3(y)) + idt)
 
 

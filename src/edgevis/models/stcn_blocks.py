@@ -37,27 +37,10 @@ class FrozenBatchNorm2d(resnet.FrozenBatchNorm2d):
     KEEP_COUNT = True
 
 
-class Bottleneck(nn.Module):
-    """torchvision ResNet v1.5 bottleneck (stride on the 3x3 conv)."""
+class Bottleneck(resnet.Bottleneck):
+    """torchvision ResNet v1.5 bottleneck with STCN's frozen BatchNorm (``num_batches_tracked`` kept)."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, expansion: int = 4) -> None:
-        super().__init__()
-        out = planes * expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(out)
-        self.downsample = (nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), FrozenBatchNorm2d(out))
-                           if stride != 1 or inplanes != out else None)
-
-    def forward(self, x: torch.Tensor, conv: ConvFn = dense_conv, prefix: str = "") -> torch.Tensor:
-        r = F.relu(self.bn1(self.conv1(x)))
-        r = F.relu(self.bn2(conv(prefix + "conv2", self.conv2, r)))
-        r = self.bn3(self.conv3(r))
-        idt = x if self.downsample is None else self.downsample(x)
-        return F.relu(r + idt)
+    BN = FrozenBatchNorm2d
 
 
 class BasicBlock(nn.Module):
