@@ -5,8 +5,9 @@ import json
 from edgevis.bench.readme import END, START, latest_rows, update_readme
 
 
-def _row(model, backend, fps, ts, cpu="Test CPU"):
+def _row(model, backend, fps, ts, cpu="Test CPU", frames=100):
     return {"model": model, "backend": backend, "precision": "fp32", "streams": 1, "threads": 2, "fps": fps,
+            "frames": frames,
             "resolution": "64x96", "latency_p50_ms": 1.0, "latency_p99_ms": 2.0, "runner_overhead_pct": 3.0,
             "speedup_vs_torch": 1.0, "timestamp": ts, "machine": {"cpu": cpu, "cores": 2, "gpu": None}}
 
@@ -19,6 +20,12 @@ def test_latest_row_per_key_and_readme_block(tmp_path):
     (bench / "x.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
     latest = latest_rows(bench)
     assert [(r["backend"], r["fps"]) for r in latest] == [("ort", 20.0), ("torch", 5.0)]
+    # a later torch-only run replaces the whole run (no ort row left from the older one); a quick run does not count
+    rows += [_row("m", "torch", 6.0, "20260103-000000"), _row("m", "ort", 99.0, "20260104-000000", frames=10)]
+    (bench / "x.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [(r["backend"], r["fps"]) for r in latest_rows(bench)] == [("torch", 6.0)]
+    rows = rows[:4]
+    (bench / "x.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n## What is verified where\n")
     assert update_readme(readme, bench)

@@ -222,6 +222,10 @@ def test_export_encode_key_trt_has_plugin_nodes(tmp_path: Path, tiny: SpVOSModel
     rep = export_stage(tiny, "encode_key", tmp_path / "k.onnx", "trt")
     assert rep.plugin_nodes == {"TripleSparseConv": len(tiny.net.sparse_layers)}
     assert max(rep.max_abs_error.values()) <= 2e-3
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "k.onnx")).graph.node}
+    assert "MaxPool" in ops  # the graph keeps the plain stem pool (the strided form is eager-only)
 
 
 @pytest.mark.slow

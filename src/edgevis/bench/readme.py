@@ -23,7 +23,13 @@ PAPER_FIGURES = (
 
 
 def latest_rows(bench_dir: Path) -> list[dict[str, Any]]:
-    best: dict[tuple, dict[str, Any]] = {}
+    """The rows of the latest full-length run per machine, model, precision and streams: every backend of
+    that one run (so a table's rows and their speedups come from the same run). Runs shorter than the
+    model's default length (``--quick``, a short ``--frames``, the acceptance checks' smoke runs) are
+    left out."""
+    from edgevis.bench.report import DEFAULT_FRAMES
+
+    runs: dict[tuple, dict[str, Any]] = {}
     for path in sorted(bench_dir.glob("*.jsonl")):
         for line in path.read_text().splitlines():
             try:
@@ -32,11 +38,18 @@ def latest_rows(bench_dir: Path) -> list[dict[str, Any]]:
                 continue
             if "fps" not in row or "model" not in row or "backend" not in row:
                 continue  # rows of micro-benchmarks (kernels, drift) live in their own files
+            if row.get("frames", 0) < DEFAULT_FRAMES.get(row["model"], 100):
+                continue
             m = row.get("machine", {})
-            key = (m.get("cpu"), m.get("gpu"), row["model"], row["backend"], row.get("precision"), row.get("streams"))
-            if key not in best or row.get("timestamp", "") >= best[key].get("timestamp", ""):
-                best[key] = row
-    return sorted(best.values(), key=lambda r: (r["model"], r["machine"].get("cpu", ""), r["backend"]))
+            key = (m.get("cpu"), m.get("gpu"), row["model"], row.get("precision"), row.get("streams"))
+            stamp = row.get("timestamp", "")
+            run = runs.setdefault(key, {"stamp": stamp, "rows": {}})
+            if stamp > run["stamp"]:
+                run["stamp"], run["rows"] = stamp, {}
+            if stamp == run["stamp"]:
+                run["rows"][row["backend"]] = row
+    rows = [r for run in runs.values() for r in run["rows"].values()]
+    return sorted(rows, key=lambda r: (r["model"], r["machine"].get("cpu", ""), r["backend"]))
 
 
 def fmt_sparsity(row: Any) -> tuple[str, str]:
@@ -51,7 +64,9 @@ def fmt_sparsity(row: Any) -> tuple[str, str]:
 
 def render(rows: list[dict[str, Any]]) -> str:
     lines = [START, "", "Reproduce with `make bench` (all full-size models, every backend present) or "
-             "`edgevis bench --model M --backends torch,ort`. Speedup is against PyTorch eager on the same machine. "
+             "`edgevis bench --model M --backends torch,ort`. Each model's rows come from its latest run of the default "
+             "length (quick runs are left out). Speedup is against PyTorch eager on the same machine, which folds its "
+             "frozen BatchNorms into the convs as the engines do. "
              "Sparsity (share of the sparse convs' work the gate skips) and FLOPs saved are read from the eager "
              "PyTorch run of sparse models; '-' elsewhere. The full-size models run with untrained weights (no "
              "checkpoint exists for them), so their speed is real but a full-size SpVOS's sparsity only shows what "

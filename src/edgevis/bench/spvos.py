@@ -65,19 +65,16 @@ def camera_frames(n: int, hw: tuple[int, int], seed: int = 0) -> np.ndarray:
 
 def calibrate(model: Any, frames: np.ndarray, rel_t: float, rel_s: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-layer absolute thresholds: rel * mean |input| of each sparse conv over ``frames`` (dense pass)."""
-    means: dict[str, list[float]] = {}
-    hooks = [conv.register_forward_pre_hook(lambda m, a, n=name: means.setdefault(n, []).append(float(a[0].abs().mean())))
-             for name, conv in model.net.sparse_layers]
-    dense_cfg = model.cfg.sparse
-    try:
-        with torch.no_grad():
-            for f in frames:
-                model.net.encode_key(torch.from_numpy(f)[None], None)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert dense_cfg == model.cfg.sparse
-    mean = [float(np.mean(means[name])) for name, _ in model.net.sparse_layers]
+    means: dict[int, list[float]] = {}
+
+    def record(name: str, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        means.setdefault(id(conv), []).append(float(x.abs().mean()))
+        return conv(x)
+
+    with torch.no_grad():
+        for f in frames:
+            model.net.encode_key(torch.from_numpy(f)[None], None, runner=record)
+    mean = [float(np.mean(means[id(conv)])) for _, conv in model.net.sparse_layers]
     return tuple(rel_t * m for m in mean), tuple(rel_s * m for m in mean)
 
 
@@ -130,27 +127,28 @@ def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: i
 
 def sparse_conv_bound(dense_model: Any, frames: np.ndarray) -> dict[str, float]:
     """How much of the DENSE encode_key's wall-clock the convs that the sparse model makes sparse take
-    (timed by hooks around those convs; medians over ``frames``), and the speedup bound that follows:
-    encode_key could not beat ``dense / (dense - those convs)`` even if the sparse convs cost nothing."""
+    (medians over ``frames``), and the speedup bound that follows: encode_key could not beat
+    ``dense / (dense - those convs)`` even if the sparse convs cost nothing. The total is the dense
+    stage; the convs are timed one by one in a pass that runs them through a timing runner."""
     t_convs: list[float] = []
-    start: list[float] = []
-    hooks = []
-    for _, conv in dense_model.net.sparse_layers:
-        hooks.append(conv.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter())))
-        hooks.append(conv.register_forward_hook(lambda m, a, o: t_convs.append(time.perf_counter() - start.pop())))
+
+    def timed(name: str, conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        y = conv(x)
+        t_convs.append(time.perf_counter() - t0)
+        return y
+
     stage = dense_model.stage("encode_key")
     totals, shares = [], []
-    try:
-        with torch.inference_mode():
-            for f in frames:
-                t_convs.clear()
-                t0 = time.perf_counter()
-                stage(torch.from_numpy(f)[None])
-                totals.append(time.perf_counter() - t0)
-                shares.append(sum(t_convs))
-    finally:
-        for h in hooks:
-            h.remove()
+    with torch.inference_mode():
+        for f in frames:
+            img = torch.from_numpy(f)[None]
+            t0 = time.perf_counter()
+            stage(img)
+            totals.append(time.perf_counter() - t0)
+            t_convs.clear()
+            dense_model.net.encode_key(img, None, runner=timed)
+            shares.append(sum(t_convs))
     total, convs = float(np.median(totals)), float(np.median(shares))
     return {"ms_dense": 1e3 * total, "ms_sparse_convs_dense": 1e3 * convs, "share": convs / total,
             "speedup_bound": total / max(total - convs, 1e-9)}

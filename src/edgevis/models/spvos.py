@@ -36,7 +36,15 @@ from torch import nn
 from edgevis.errors import EdgevisError
 from edgevis.models.base import Deployable, load_checkpoint, load_state_dict_strict
 from edgevis.models.blocks import ImageNormalize
-from edgevis.models.stcn_blocks import Decoder, KeyEncoder, KeyProjection, ValueEncoder, dense_conv, per_object
+from edgevis.models.stcn_blocks import (
+    ConvFn,
+    Decoder,
+    KeyEncoder,
+    KeyProjection,
+    ValueEncoder,
+    dense_conv,
+    per_object,
+)
 from edgevis.spec import IOSpec, Preprocess, StateSpec, TensorSpec
 
 log = logging.getLogger(__name__)
@@ -150,11 +158,14 @@ class SpVOSNet(nn.Module):
 
     # ---- stages (also used by training) -------------------------------------------------------
     def encode_key(self, image: torch.Tensor, caches: list[torch.Tensor] | None = None, *,
-                   force_dense: bool = False, sparse_train: bool = False,
+                   force_dense: bool = False, sparse_train: bool = False, runner: ConvFn | None = None,
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """image -> key, query value, f16, f8, f4, new caches ([x0_0, y0_0, x0_1, ...]; [] when dense)."""
+        """image -> key, query value, f16, f8, f4, new caches ([x0_0, y0_0, x0_1, ...]; [] when dense).
+
+        ``runner`` (measurement tools, dense only): called as ``runner(name, conv, x)`` for every conv
+        that may run sparse, in place of the dense conv (whose BatchNorm then stays unfolded)."""
         x = self.normalize(image)  # (B, 3, H, W)
-        conv_fn, new_caches = dense_conv, []
+        conv_fn, new_caches = runner or dense_conv, []
         if self.cfg.sparse and caches is not None:
             conv_fn, new_caches = self._sparse_runner(caches, force_dense, sparse_train)
         f16, f8, f4 = self.key_encoder(x, conv_fn)

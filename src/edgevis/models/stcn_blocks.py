@@ -56,9 +56,9 @@ class BasicBlock(nn.Module):
                                          FrozenBatchNorm2d(planes)) if stride != 1 or inplanes != planes else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = F.relu(self.bn1(self.conv1(x)))
-        r = self.bn2(self.conv2(r))
-        idt = x if self.downsample is None else self.downsample(x)
+        r = F.relu(resnet.conv_bn(self.conv1, self.bn1, x))
+        r = resnet.conv_bn(self.conv2, self.bn2, r)
+        idt = x if self.downsample is None else resnet.conv_bn(self.downsample[0], self.downsample[1], x)
         return F.relu(r + idt)
 
 
@@ -91,12 +91,13 @@ class KeyEncoder(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor, conv: ConvFn = dense_conv) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = F.relu(self.bn1(conv("conv1", self.conv1, x)))  # (B, stem, H/2, W/2)
-        x = F.max_pool2d(x, 3, stride=2, padding=1)  # (B, stem, H/4, W/4)
+        dense = conv is dense_conv  # dense: every conv folds its BatchNorm in eager inference
+        x = resnet.conv_bn(self.conv1, self.bn1, x) if dense else self.bn1(conv("conv1", self.conv1, x))
+        x = resnet.max_pool_3x3s2(F.relu(x))  # (B, stem, H/2, W/2) -> (B, stem, H/4, W/4)
         feats = []
         for lname in ("res2", "layer2", "layer3"):
             for i, blk in enumerate(getattr(self, lname)):
-                x = blk(x, conv, f"{lname}.{i}.")
+                x = blk(x, None if dense else conv, f"{lname}.{i}.")
             feats.append(x)
         f4, f8, f16 = feats  # (B, C4, H/4, W/4), (B, C8, H/8, W/8), (B, C16, H/16, W/16)
         return f16, f8, f4
@@ -187,7 +188,7 @@ class ValueEncoder(nn.Module):
     def forward(self, image: torch.Tensor, key_f16: torch.Tensor, mask: torch.Tensor,
                 other: torch.Tensor) -> torch.Tensor:
         x = torch.cat([image, mask, other], 1)  # (N, 5, H, W)
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)  # (N, stem, H/4, W/4)
+        x = resnet.max_pool_3x3s2(F.relu(resnet.conv_bn(self.conv1, self.bn1, x)))  # (N, stem, H/4, W/4)
         x = self.layer3(self.layer2(self.layer1(x)))  # (N, widths[2], H/16, W/16)
         return self.fuser(x, key_f16)  # (N, value_dim, H/16, W/16)
 

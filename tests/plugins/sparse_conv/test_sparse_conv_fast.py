@@ -190,11 +190,13 @@ def test_fast_block_pool_equals_reference():
     from edgevis.plugins.sparse_conv.reference import block_pool
 
     g = torch.Generator().manual_seed(0)
-    for h, w in ((13, 19), (16, 24), (3, 5)):
+    for h, w in ((13, 19), (16, 24), (3, 5), (96, 160), (12, 20), (6, 10), (2, 2), (1, 7)):
         m = torch.rand(2, 1, h, w, generator=g)
         m[0, 0, 0, 0] = float("inf")  # the -inf-x0 dense frame makes R infinite
-        for block in (1, 4, 8, 16):
-            for k, s, p in ((3, 1, 1), (3, 1, 0), (1, 1, 0), (3, 2, 1)):
+        for block in (1, 2, 4, 8, 16):
+            for k, s, p in ((3, 1, 1), (3, 1, 0), (1, 1, 0), (1, 2, 0), (3, 2, 1), (5, 1, 2), (5, 2, 2), (7, 2, 3)):
+                if min(h, w) + 2 * p < k:
+                    continue
                 assert torch.equal(_block_pool(m, k, s, p, block), block_pool(m, k, s, p, block)), (h, w, block, k, s, p)
 
 

@@ -507,12 +507,18 @@ def apply_decisions_fast(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, we
 
 
 def _block_pool(m: torch.Tensor, k: int, stride: int, padding: int, block: int) -> torch.Tensor:
-    """:func:`reference.block_pool` (same values: max is exact) in one ``max_pool2d`` for the common 3x3,
-    stride-1, 'same' conv: block i's receptive field is input rows/columns ``i*b - 1 .. i*b + b``, a
-    (b+2)-wide window at stride b with one row of padding; ``ceil_mode`` keeps the partial last block."""
-    if (k, stride, padding) != (3, 1, 1):
+    """:func:`reference.block_pool` (same values: max is exact) in one ``max_pool2d`` for 'same'-padded
+    convs (odd k, padding k // 2, stride <= k so receptive fields leave no gaps): block i's receptive field is input rows
+    ``i*b*s - p .. (i*b + b - 1)*s - p + k - 1``, a ((b-1)*s + k)-wide window at stride b*s with p rows of
+    padding; ``ceil_mode`` keeps the partial last block (its window, clipped to the input, reads what
+    its outputs read, since 'same' outputs read to the last row), and a window past the last block
+    (stride 2, even sizes) is cut off."""
+    if k % 2 == 0 or padding != k // 2 or stride > k:
         return block_pool(m, k, stride, padding, block)
-    return F.max_pool2d(m, block + 2, stride=block, padding=1, ceil_mode=True)  # (N, 1, nbh, nbw)
+    ho, wo = out_size(m.shape[-2], k, stride, padding), out_size(m.shape[-1], k, stride, padding)
+    nbh, nbw = -(-ho // block), -(-wo // block)
+    pooled = F.max_pool2d(m, (block - 1) * stride + k, stride=block * stride, padding=padding, ceil_mode=True)
+    return pooled[..., :nbh, :nbw]  # (N, 1, nbh, nbw)
 
 
 def gate_fast(x: torch.Tensor, x0: torch.Tensor, k: int, stride: int, padding: int, block: int, tau_t: float,
