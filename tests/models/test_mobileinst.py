@@ -98,6 +98,10 @@ def test_checkpoint_of_another_model_gives_a_clear_error(tmp_path, tiny: MobileI
     torch.save({"model": "mobileinst_tiny", "state_dict": tiny.net.state_dict()}, small)
     with pytest.raises(EdgevisError, match="does not fit MobileInstNet.*another model or size"):
         MobileInst("mobileinst").load_weights(small)
+    tensor = tmp_path / "tensor.pt"  # a file that holds no state dict at all
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(EdgevisError, match=r"expected a state dict or \{'state_dict': ...\}, received Tensor"):
+        tiny.load_weights(tensor)
 
 
 def test_checkpoint_round_trip(tmp_path, tiny: MobileInst) -> None:

@@ -53,13 +53,19 @@ class Deployable(ABC):
         return {s: self.iospec(s) for s in self.stages}
 
     def load_weights(self, path: str | Path) -> None:
-        """Load an edgevis checkpoint (``{'model': name, 'state_dict': ...}``) into the root module."""
+        """Load an edgevis checkpoint (``{'model': name, 'state_dict': ..., 'meta': ...}``) or a bare state
+        dict; the owner check is here, what is done with the weights is :meth:`apply_weights`."""
         state = load_checkpoint(path)
-        owner = state.get("model") if isinstance(state, dict) else None
-        if owner is not None and owner != self.name and owner.split("_")[0] != self.name.split("_")[0]:
+        if not isinstance(state, dict):
+            raise EdgevisError(f"{path}: expected a state dict or {{'state_dict': ...}}, received {type(state).__name__}")
+        owner = state.get("model") if isinstance(state.get("model"), str) else None
+        if owner is not None and owner.split("_")[0] != self.name.split("_")[0]:
             raise EdgevisError(f"{path} holds weights of model '{owner}', not '{self.name}'; pass --model {owner}")
-        sd = state.get("state_dict", state) if isinstance(state, dict) else state
-        load_state_dict_strict(self.module, sd, source=str(path))
+        self.apply_weights(state.get("state_dict", state), state, str(path))
+
+    def apply_weights(self, sd: dict[str, Any], checkpoint: dict[str, Any], source: str) -> None:
+        """Load a checked state dict ``sd`` (from ``checkpoint``, the whole file) into the root module."""
+        load_state_dict_strict(self.module, sd, source=source)
 
 
 def load_checkpoint(path: str | Path, allow: Sequence[type] = ()) -> Any:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgevis.errors import EdgevisError
-from edgevis.models.base import Deployable, load_checkpoint, load_state_dict_strict
+from edgevis.models.base import Deployable, load_state_dict_strict
 from edgevis.models.blocks import ImageNormalize
 from edgevis.models.stcn_blocks import (
     ConvFn,
@@ -400,21 +399,14 @@ class SpVOSModel(Deployable):
         return {"first_mask": masks_to_labels(clip.masks[0][: self.cfg.max_objects])}
 
     # ---- weights -------------------------------------------------------------------------------
-    def load_weights(self, path: str | Path) -> None:
+    def apply_weights(self, sd: dict[str, Any], checkpoint: dict[str, Any], source: str) -> None:
         """An edgevis checkpoint ({'model', 'state_dict', 'meta'}) or STCN's published one (a bare state dict).
 
         BN ``num_batches_tracked`` entries are optional; a ``meta['sparse']`` dict (tau_t, tau_s, block,
         refresh) sets the deployed thresholds, e.g. calibrated from a learned gate.
         """
-        state = load_checkpoint(path)
-        if not isinstance(state, dict):
-            raise EdgevisError(f"{path}: expected a state dict or {{'state_dict': ...}}, received {type(state).__name__}")
-        owner = state.get("model") if isinstance(state.get("model"), str) else None
-        if owner is not None and owner.split("_")[0] != self.name.split("_")[0]:
-            raise EdgevisError(f"{path} holds weights of model '{owner}', not '{self.name}'; pass --model {owner}")
-        sd = state.get("state_dict", state)
-        self.load_state_dict(sd, source=str(path))
-        meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+        self.load_state_dict(sd, source=source)
+        meta = checkpoint.get("meta") if isinstance(checkpoint.get("meta"), dict) else {}
         self.meta = dict(meta)
         sparse = meta.get("sparse")
         if isinstance(sparse, dict) and self.cfg.sparse:
