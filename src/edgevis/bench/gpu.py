@@ -76,27 +76,18 @@ class CudaStage(Backend):
 def cuda_kernels(enabled: bool) -> Iterator[dict[str, str]]:
     """Switch edgevis's CUDA kernels on (built on demand) or off for PyTorch eager on CUDA.
 
-    Yields what each op runs on CUDA inside the block. Off: the deformable-attention extension is
-    unloaded, the sparse conv reports its extension unavailable and the ConvGRU update skips its
-    kernel, so each op takes its PyTorch path on the GPU. Everything is restored on exit.
+    Yields what each op runs on CUDA inside the block. Off: :mod:`edgevis.plugins.kernels` is switched
+    off, so each op takes its PyTorch path on the GPU; the setting is restored on exit.
     """
-    from edgevis.plugins.convgru import op as gru_op
+    from edgevis.plugins import kernels
     from edgevis.plugins.ms_deform_attn import ext as msda_ext
     from edgevis.plugins.sparse_conv import ext as tsc_ext
 
-    saved = (msda_ext._MODULE, tsc_ext.available, gru_op._cuda_kernel)
-    status: dict[str, str] = {}
-    try:
+    with kernels.switched(enabled):
         if enabled:
-            status.update(_enable_kernels(msda_ext, tsc_ext))
+            yield _enable_kernels(msda_ext, tsc_ext)
         else:
-            msda_ext._MODULE = None
-            tsc_ext.available = lambda: False
-            gru_op._cuda_kernel = lambda *args, **kwargs: None
-            status.update(dict.fromkeys(("ms_deform_attn", "triple_sparse_conv", "convgru_update"), "pytorch"))
-        yield status
-    finally:
-        msda_ext._MODULE, tsc_ext.available, gru_op._cuda_kernel = saved
+            yield dict.fromkeys(("ms_deform_attn", "triple_sparse_conv", "convgru_update"), "pytorch")
 
 
 def _enable_kernels(msda_ext: Any, tsc_ext: Any) -> dict[str, str]:

@@ -76,10 +76,14 @@ _WARNED: set[str] = set()
 
 
 def _cuda_kernel(zr_pre: Tensor, n_pre: Tensor, h: Tensor, emit_fp16: bool) -> tuple[Tensor, Tensor | None] | None:
-    """Run the fused CUDA kernel, or return None (with one warning naming why) when it cannot be built."""
+    """Run the fused CUDA kernel, or return None: kernels switched off (:mod:`edgevis.plugins.kernels`), or
+    it cannot be built (with one warning naming why)."""
     from edgevis.errors import MissingDependencyError
+    from edgevis.plugins import kernels
     from edgevis.plugins.convgru import ext
 
+    if not kernels.enabled():
+        return None
     try:
         return ext.convgru_update_cuda(zr_pre, n_pre, h, emit_fp16=emit_fp16)
     except MissingDependencyError as e:

@@ -42,9 +42,10 @@ def ms_deform_attn_op(
     """(B, S, M, D), (L, 2), (L,), (B, Q, M, L, P, 2), (B, Q, M, L, P) -> (B, Q, M*D)."""
     check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if value.is_cuda:
+        from edgevis.plugins import kernels
         from edgevis.plugins.ms_deform_attn import ext
 
-        kernel = ext.loaded()
+        kernel = ext.loaded() if kernels.enabled() else None
         if kernel is not None:
             return kernel.forward(
                 value.contiguous(),

@@ -23,9 +23,10 @@ Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 def _cuda_impl(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                kw: dict) -> Outputs | None:
+    from edgevis.plugins import kernels
     from edgevis.plugins.sparse_conv import ext
 
-    if not ext.available():
+    if not kernels.enabled() or not ext.available():
         return None
     return ext.forward(x, x0, y0, weight, bias, **kw)
 
