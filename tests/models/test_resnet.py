@@ -86,3 +86,11 @@ def test_resnet_body_eager_inference_matches_graph_ops() -> None:
         got = body(x)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w.detach(), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_bn_keeps_other_padding_modes() -> None:
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", bias=False), _bn(4, 4)
+    x = torch.randn(1, 3, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(resnet.conv_bn(conv, bn, x), _affine(bn, conv(x)), rtol=1e-5, atol=1e-5)

@@ -98,7 +98,7 @@ def eager_inference() -> bool:
 
 def conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """``bn(conv(x))``; in eager inference one conv with the BN folded into its weight and bias."""
-    if not eager_inference():
+    if conv.padding_mode != "zeros" or not eager_inference():
         return bn(conv(x))
     w, b = bn.folded(conv)
     return F.conv2d(x, w, b, conv.stride, conv.padding, conv.dilation, conv.groups)
