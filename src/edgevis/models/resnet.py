@@ -91,9 +91,12 @@ class FrozenBatchNorm2d(nn.Module):
 def eager_inference() -> bool:
     """True in eager PyTorch without autograd: not training, tracing, exporting or compiling. There the
     frozen BatchNorms fold into their convs (:func:`conv_bn`) and the stem pool takes its fast form;
-    graphs (ONNX, torch.export) keep the plain ops, which TensorRT and onnxruntime fuse themselves."""
-    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+    graphs (ONNX, torch.export) keep the plain ops, which TensorRT and onnxruntime fuse themselves.
+    The TorchScript ONNX exporter traces (``jit.is_tracing``) and the dynamo one exports
+    (``compiler.is_exporting``/``is_compiling``), so ``torch.onnx.is_in_onnx_export`` (1.3 us a call,
+    the rest together 0.25 us; this runs per conv) is not asked."""
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting())
 
 
 def conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: torch.Tensor) -> torch.Tensor:

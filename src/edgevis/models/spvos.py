@@ -183,10 +183,7 @@ class SpVOSNet(nn.Module):
         self.sparse_cost: list[torch.Tensor] = []
 
         def run(name: str, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-            name = name if name in index else f"key_encoder.{name}"
-            if name not in index:  # not a sparse conv (e.g. the 7x7 stem of the full-size model): dense
-                return dense_conv(name, conv, x)
-            i = index[name]
+            i = index[name if name in index else f"key_encoder.{name}"]
             x0, y0 = caches[2 * i], caches[2 * i + 1]
             kw = dict(stride=conv.stride[0], padding=conv.padding[0], block=self.cfg.block)
             if sparse_train and force_dense:  # training, dense frame: plain conv (differentiable)

@@ -82,17 +82,26 @@ class KeyEncoder(nn.Module):
         self.layer3 = make_layer(Bottleneck, widths[1] * e, widths[2], blocks[2], 2, e)
         self.channels = (widths[0] * e, widths[1] * e, widths[2] * e)  # f4, f8, f16
 
+    @property
+    def sparse_stem(self) -> bool:
+        """A 3x3 stem (tiny variants) may run sparse; ResNet-50's 7x7 stem always runs dense."""
+        return self.conv1.kernel_size[0] == 3
+
     def sparse_convs(self) -> list[tuple[str, nn.Conv2d]]:
         """The 3x3 convs that may run sparse, in call order (name relative to this module)."""
-        out = [("conv1", self.conv1)] if self.conv1.kernel_size[0] == 3 else []  # a 3x3 stem (tiny variants)
+        out = [("conv1", self.conv1)] if self.sparse_stem else []
         for lname in ("res2", "layer2", "layer3"):
             for i, blk in enumerate(getattr(self, lname)):
                 out.append((f"{lname}.{i}.conv2", blk.conv2))
         return out
 
     def forward(self, x: torch.Tensor, conv: ConvFn = dense_conv) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        dense = conv is dense_conv  # dense: every conv folds its BatchNorm in eager inference
-        x = resnet.conv_bn(self.conv1, self.bn1, x) if dense else self.bn1(conv("conv1", self.conv1, x))
+        # ``conv`` runs only the sparse_convs(); every other conv folds its BatchNorm in eager inference
+        dense = conv is dense_conv
+        if dense or not self.sparse_stem:
+            x = resnet.conv_bn(self.conv1, self.bn1, x)
+        else:
+            x = self.bn1(conv("conv1", self.conv1, x))
         x = resnet.max_pool_3x3s2(F.relu(x))  # (B, stem, H/2, W/2) -> (B, stem, H/4, W/4)
         feats = []
         for lname in ("res2", "layer2", "layer3"):
