@@ -14,13 +14,16 @@ frames (held-out synthetic clips), so one number fits every layer (``--rel-t``, 
 FLOPs: the dense key encoder counted by ``torch.utils.flop_counter``; the sparse one replaces each
 sparse conv's dense FLOPs by what its decisions cost (``SparseConvStats``: COMPUTE pixels, lattice
 points of INTERPOLATE blocks, the gate). Wall-clock: ``encode_key`` in eager PyTorch (the sparse fast
-path), dense and sparse interleaved frame by frame, medians. Memory: the bytes of a stream's state
+path), dense and sparse interleaved frame by frame, medians. Feature error: the mean relative L2 error of
+the sparse stage's key and query value against the dense stage's on the same frame, the measure of what
+reuse costs that needs no ground truth (and no trained weights). Memory: the bytes of a stream's state
 (memory ring, object slots, sparse caches) over ``--memory-frames`` frames of the runner. Bound: the
 share of the dense encode_key's wall-clock spent in the convs made sparse, hence the best speedup that
 skipping them could give.
 
     python -m edgevis.bench.spvos                  # spvos_tiny, shipped weights
     python -m edgevis.bench.spvos --quick
+    python -m edgevis.bench.spvos --model spvos --untrained --rel-t 1.0 --clips 2   # full size, no J&F
 
 Prints Markdown tables and appends a JSON row to reports/bench/spvos.jsonl.
 """
@@ -89,12 +92,14 @@ def dense_flops(model: Any) -> float:
 
 def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: int, total_dense: float,
                     ) -> dict[str, Any]:
-    """Sparse encode_key over ``frames`` (caches carried, dense every ``refresh`` frames) vs dense: FLOPs, time.
-    ``total_dense``: the dense encode_key's FLOPs (:func:`dense_flops`)."""
+    """Sparse encode_key over ``frames`` (caches carried, dense every ``refresh`` frames) vs dense: FLOPs, time,
+    and the mean relative error of the key and the query value against the dense stage's (what the reuse
+    costs in the features, with or without ground truth). ``total_dense``: the dense encode_key's FLOPs
+    (:func:`dense_flops`)."""
     spec = model.iospec("encode_key")
     probe = SparsityProbe(model, sparse_layers(model))
     caches = [s.initial({"B": 1}) for s in spec.states]
-    t_dense, t_sparse = [], []
+    t_dense, t_sparse, err_key, err_qval = [], [], [], []
     stage_s, stage_d = model.stage("encode_key"), dense_model.stage("encode_key")
     with torch.inference_mode():
         for t, f in enumerate(frames):
@@ -103,7 +108,7 @@ def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: i
                 caches = [s.initial({"B": 1}) if s.init == "neg_inf" else c for s, c in zip(spec.states, caches)]
             probe.before_step()
             t0 = time.perf_counter()
-            stage_d(img)
+            ref = stage_d(img)
             t1 = time.perf_counter()
             out = stage_s(img, *caches)
             t2 = time.perf_counter()
@@ -111,6 +116,8 @@ def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: i
             caches = list(out[5:])
             t_dense.append(t1 - t0)
             t_sparse.append(t2 - t1)
+            err_key.append(relative_error(out[0], ref[0]))
+            err_qval.append(relative_error(out[1], ref[1]))
     stats = probe.totals()
     n = probe.frames
     # per frame: the dense encoder with the sparse convs' dense FLOPs replaced by what their decisions cost
@@ -122,7 +129,13 @@ def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: i
         "reuse": fr[0], "interpolate": fr[1], "compute": fr[2],
         "ms_dense": 1e3 * float(np.median(t_dense)), "ms_sparse": 1e3 * float(np.median(t_sparse)),
         "speedup": float(np.median(t_dense) / np.median(t_sparse)),
+        "key_err": float(np.mean(err_key)), "qval_err": float(np.mean(err_qval)),
     }
+
+
+def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| over the whole tensor (0 for identical outputs)."""
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
 def sparse_conv_bound(dense_model: Any, frames: np.ndarray) -> dict[str, float]:
@@ -185,8 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--memory-frames", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--camera-only", action="store_true", help="FLOPs and wall-clock on camera-like footage only "
-                   "(no J&F, no memory run; for the full-size model, whose weights are not trained here)")
+    p.add_argument("--untrained", action="store_true", help="the weights are not trained (the full-size model): "
+                   "FLOPs, wall-clock and feature error on all footage, but no J&F and no memory run")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=REPORT)
     args = p.parse_args(argv)
@@ -198,11 +211,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dense.load_state_dict(model.net.state_dict())
     dense.set_sparse(sparse=False)
     hw = (model.cfg.height, model.cfg.width)
-    footage = {} if args.camera_only else {"synthetic": heldout_clips(model, args.clips, args.frames),
-                                           "static": static_clips(args.clips, hw, args.frames)}
+    footage = {"synthetic": heldout_clips(model, args.clips, args.frames),
+               "static": static_clips(args.clips, hw, args.frames)}
     cam = camera_frames(args.frames * 2, hw)
-    calib = cam[:4] if args.camera_only else np.concatenate([c.frames[:4] for c in footage["synthetic"]])
-    jf_dense = {k: evaluate(dense, v) for k, v in footage.items()}
+    calib = np.concatenate([c.frames[:4] for c in footage["synthetic"]])
+    jf_dense = {} if args.untrained else {k: evaluate(dense, v) for k, v in footage.items()}
     bound = sparse_conv_bound(dense, cam[: args.frames])
     total_dense = dense_flops(model)  # the same for every threshold
     rows = []
@@ -211,28 +224,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model.set_sparse(tau_t=tau_t, tau_s=tau_s)
         row: dict[str, Any] = {"rel_t": rel, "rel_s": args.rel_s, "block": model.cfg.block, "refresh": model.cfg.refresh}
         for name, clips in footage.items():
-            jf = evaluate(model, clips)
             frames = np.concatenate([c.frames for c in clips])
-            row[name] = {"JF_dense": jf_dense[name]["JF"], "JF_sparse": jf["JF"],
-                         "JF_kept": jf["JF"] / max(jf_dense[name]["JF"], 1e-9),
-                         **run_key_encoder(model, dense, frames, model.cfg.refresh, total_dense)}
+            row[name] = run_key_encoder(model, dense, frames, model.cfg.refresh, total_dense)
+            if jf_dense:
+                jf = evaluate(model, clips)["JF"]
+                row[name].update(JF_dense=jf_dense[name]["JF"], JF_sparse=jf,
+                                 JF_kept=jf / max(jf_dense[name]["JF"], 1e-9))
         row["camera"] = run_key_encoder(model, dense, cam, model.cfg.refresh, total_dense)
         row["tau_t"], row["tau_s"] = list(tau_t), list(tau_s)
         rows.append(row)
     from edgevis.data import masks_to_labels
 
     mem: dict[str, Any] = {}
-    if footage and args.memory_frames:
+    if not args.untrained and args.memory_frames:
         clip0 = footage["synthetic"][0]
         mem = memory_per_stream(model, args.memory_frames, masks_to_labels(clip0.masks[0]).astype(np.int64),
                                 clip0.frames)
     print(f"\n## SpVOS study: {model.name} ({hw[0]}x{hw[1]}, K={model.cfg.max_objects}, T={model.cfg.mem_slots}, "
           f"block {model.cfg.block}, refresh {model.cfg.refresh}), eager PyTorch CPU, {args.threads} threads")
     print("Footage is synthetic: 'synthetic' = held-out make_clip clips (panning background), 'static' = make_clip "
-          "with a static camera + noise, 'camera' = procedural static-camera footage (no ground truth).\n")
+          "with a static camera + noise, 'camera' = procedural static-camera footage (no ground truth). "
+          "key/qval err: mean relative L2 error of the sparse stage's key and query value against dense."
+          + (" Untrained weights: no J&F." if args.untrained else "") + "\n")
     print("| rel tau_t | footage | J&F dense | J&F sparse | kept | key-enc MFLOP dense | sparse | saved | "
-          "reuse/interp/compute | encode_key ms dense | sparse | speedup |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "reuse/interp/compute | encode_key ms dense | sparse | speedup | key err | qval err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         for name in ("synthetic", "static", "camera"):
             if name not in r:
@@ -242,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   else "- | - | -")
             print(f"| {r['rel_t']} | {name} | {jf} | {d['flops_dense_M']:.1f} | {d['flops_sparse_M']:.1f} | "
                   f"{100 * d['flops_saved']:.1f}% | {d['reuse']:.2f}/{d['interpolate']:.2f}/{d['compute']:.2f} | "
-                  f"{d['ms_dense']:.2f} | {d['ms_sparse']:.2f} | {d['speedup']:.2f}x |")
+                  f"{d['ms_dense']:.2f} | {d['ms_sparse']:.2f} | {d['speedup']:.2f}x | {100 * d['key_err']:.2f}% | "
+                  f"{100 * d['qval_err']:.2f}% |")
     print(f"\nThe convs made sparse take {bound['ms_sparse_convs_dense']:.2f} ms of the dense encode_key's "
           f"{bound['ms_dense']:.2f} ms ({100 * bound['share']:.0f}%, camera footage): even free sparse convs could "
           f"not make encode_key faster than {bound['speedup_bound']:.2f}x here.")
@@ -250,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\nMemory per stream: {mem['bytes_last'] / 1024:.1f} KiB after {mem['frames']} frames "
               f"(first frame {mem['bytes_first'] / 1024:.1f} KiB; constant after the ring fills at frame "
               f"{mem['ring_full_at_frame']}: {mem['constant_after_ring_full']}).")
-    doc = {"bench": "spvos", "model": model.name, "weights": args.weights or "shipped", "machine": describe_machine(),
+    doc = {"bench": "spvos", "model": model.name, "weights": args.weights or "shipped", "untrained": args.untrained, "machine": describe_machine(),
            "threads": args.threads, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows, "memory": mem,
            "sparse_conv_bound": bound,
            "footage": "synthetic (make_clip held-out, make_clip static camera + noise, procedural camera-like)"}
