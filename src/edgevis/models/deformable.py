@@ -76,6 +76,45 @@ def level_token_index(shapes: Shapes) -> torch.Tensor:
     return torch.cat([torch.full((h * w,), i, dtype=torch.int64) for i, (h, w) in enumerate(shapes)])
 
 
+def input_projection(channels: Sequence[int], d_model: int, groups: int) -> nn.ModuleList:
+    """Deformable DETR's ``input_proj``: a 1x1 conv + GroupNorm on each backbone level, then a 3x3
+    stride-2 conv + GroupNorm on the last one for the extra level; convs Xavier-initialised."""
+    proj = [nn.Sequential(nn.Conv2d(c, d_model, 1), nn.GroupNorm(groups, d_model)) for c in channels]
+    proj.append(nn.Sequential(nn.Conv2d(channels[-1], d_model, 3, stride=2, padding=1), nn.GroupNorm(groups, d_model)))
+    for p in proj:
+        nn.init.xavier_uniform_(p[0].weight)
+        nn.init.zeros_(p[0].bias)
+    return nn.ModuleList(proj)
+
+
+def project_levels(input_proj: nn.ModuleList, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> list[torch.Tensor]:
+    """Backbone C3..C5 -> the 4 encoder levels (B, d, H_l, W_l) at strides 8, 16, 32, 64."""
+    p = input_proj
+    return [p[0](c3), p[1](c4), p[2](c5), p[3](c5)]
+
+
+def flatten_levels(levels: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Level maps (B, d, H_l, W_l) -> tokens (B, S, d), level by level, row-major."""
+    return torch.cat([x.flatten(2).transpose(1, 2) for x in levels], 1)  # (B, S, d)
+
+
+def split_levels(memory: torch.Tensor, shapes: Shapes) -> list[torch.Tensor]:
+    """Tokens (B, S', d) -> maps (B, d, H_l, W_l) of the first ``len(shapes)`` levels (the inverse of
+    :func:`flatten_levels`; S' may hold more levels than asked for)."""
+    out, start = [], 0
+    for h, w in shapes:
+        out.append(memory[:, start : start + h * w].transpose(1, 2).reshape(memory.shape[0], -1, h, w))
+        start += h * w
+    return out
+
+
+def register_position_buffers(module: nn.Module, shapes: Shapes, d_model: int) -> None:
+    """``pos`` (1, S, d): the sine position embedding of every token, and ``level_of_token`` (S,)."""
+    pos = torch.cat([sine_position_embedding(h, w, d_model) for h, w in shapes])[None]
+    module.register_buffer("pos", pos, persistent=False)
+    module.register_buffer("level_of_token", level_token_index(shapes), persistent=False)
+
+
 class MLP(nn.Module):
     """``layers.{0..n-1}`` Linear layers with ReLU between (DETR's MLP)."""
 

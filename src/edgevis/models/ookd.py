@@ -40,16 +40,19 @@ from edgevis.models.deformable import (
     MSDeformAttn,
     MultiheadAttention,
     Shapes,
-    level_token_index,
+    flatten_levels,
+    input_projection,
+    project_levels,
     refine_reference,
-    sine_position_embedding,
+    register_position_buffers,
+    split_levels,
 )
 from edgevis.models.resnet import Backbone, ResNetConfig, level_shapes
 from edgevis.models.seqformer import (
     DYNAMIC_CHANNELS,
-    aligned_bilinear_matrix,
     dynamic_head_split,
     nearest_index,
+    register_dynamic_head_buffers,
     upsample_nearest,
 )
 from edgevis.spec import IOSpec, Preprocess, TensorSpec
@@ -179,13 +182,7 @@ class OokdNet(nn.Module):
         d = cfg.d_model
         self.normalize = ImageNormalize(PREPROCESS)
         self.backbone = Backbone(cfg.backbone)
-        chans = self.backbone.num_channels
-        proj = [nn.Sequential(nn.Conv2d(c, d, 1), nn.GroupNorm(_groups(d), d)) for c in chans]
-        proj.append(nn.Sequential(nn.Conv2d(chans[-1], d, 3, stride=2, padding=1), nn.GroupNorm(_groups(d), d)))
-        for p in proj:
-            nn.init.xavier_uniform_(p[0].weight)
-            nn.init.zeros_(p[0].bias)
-        self.input_proj = nn.ModuleList(proj)
+        self.input_proj = input_projection(self.backbone.num_channels, d, groups=_groups(d))
         self.level_embed = nn.Parameter(torch.randn(cfg.n_levels, d))
         self.encoder = DeformableEncoder(cfg.enc_layers, d, cfg.d_ffn, cfg.n_levels, cfg.n_heads, cfg.n_points, cfg.shapes)
         self.query_embed = nn.Embedding(cfg.num_queries, 2 * d)
@@ -203,29 +200,15 @@ class OokdNet(nn.Module):
         self.embed_head = MLP(d, d, cfg.embed_dim, 2)
         self.controller = MLP(d, d, cfg.dynamic_params, 3)
         self.mask_branch = MaskBranch(d, cfg.mask_channels, cfg.shapes)
-        shapes = cfg.shapes
-        self.register_buffer("pos", torch.cat([sine_position_embedding(h, w, d) for h, w in shapes])[None], persistent=False)
-        self.register_buffer("level_of_token", level_token_index(shapes), persistent=False)
-        h8, w8 = shapes[0]
-        ys, xs = torch.meshgrid(torch.arange(h8) * 8.0 + 4, torch.arange(w8) * 8.0 + 4, indexing="ij")
-        self.register_buffer("locations", torch.stack([xs.reshape(-1), ys.reshape(-1)])[None, None], persistent=False)
-        self.register_buffer("input_wh", torch.tensor([float(cfg.width), float(cfg.height)]), persistent=False)
-        self.register_buffer("up_y", aligned_bilinear_matrix(h8), persistent=False)  # (H/4, H/8)
-        self.register_buffer("up_x_t", aligned_bilinear_matrix(w8).t().contiguous(), persistent=False)  # (W/8, W/4)
+        register_position_buffers(self, cfg.shapes, d)
+        register_dynamic_head_buffers(self, cfg.shapes[0], cfg.height, cfg.width)
 
     # ---- pieces used by the stage and by training ------------------------------------------------
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """image (B, H, W, 3) uint8 (or normalised float (B, 3, H, W)) -> memory (B, S, d), mask_feats (B, Cm, h8, w8)."""
-        c3, c4, c5 = self.backbone(self.normalize(image))
-        p = self.input_proj
-        levels = [p[0](c3), p[1](c4), p[2](c5), p[3](c5)]  # (B, d, H_l, W_l)
-        src = torch.cat([x.flatten(2).transpose(1, 2) for x in levels], 1)  # (B, S, d)
-        memory = self.encoder(src, self.pos + self.level_embed[self.level_of_token][None])
-        maps, start = [], 0
-        for h, w in self.cfg.shapes[:3]:
-            maps.append(memory[:, start : start + h * w].transpose(1, 2).reshape(memory.shape[0], -1, h, w))
-            start += h * w
-        return memory, self.mask_branch(*maps)
+        levels = project_levels(self.input_proj, *self.backbone(self.normalize(image)))  # (B, d, H_l, W_l)
+        memory = self.encoder(flatten_levels(levels), self.pos + self.level_embed[self.level_of_token][None])
+        return memory, self.mask_branch(*split_levels(memory, self.cfg.shapes[:3]))
 
     def decode(self, memory: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """memory (B, S, d) -> per decoder layer: queries (B, Q, d), boxes (B, Q, 4)."""

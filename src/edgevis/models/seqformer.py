@@ -39,8 +39,11 @@ from edgevis.models.deformable import (
     DeformableEncoder,
     SeqFormerDecoder,
     Shapes,
-    level_token_index,
-    sine_position_embedding,
+    flatten_levels,
+    input_projection,
+    project_levels,
+    register_position_buffers,
+    split_levels,
 )
 from edgevis.models.resnet import Backbone, ResNetConfig, level_shapes
 from edgevis.spec import IOSpec, Preprocess, StateSpec, TensorSpec
@@ -121,6 +124,18 @@ def aligned_bilinear_matrix(n: int, factor: int = 2) -> torch.Tensor:
     return t[:, 0, :, 0].t().contiguous()  # (factor*n, n)
 
 
+def register_dynamic_head_buffers(module: nn.Module, stride8: tuple[int, int], height: int, width: int) -> None:
+    """The constants of a CondInst dynamic mask head on stride-8 mask features: ``locations`` (2, h8*w8)
+    pixel (x, y) of each feature, ``input_wh`` (2,), and the aligned-bilinear x2 matrices ``up_y``
+    (H/4, H/8) and ``up_x_t`` (W/8, W/4)."""
+    h8, w8 = stride8
+    ys, xs = torch.meshgrid(torch.arange(h8) * 8.0 + 4, torch.arange(w8) * 8.0 + 4, indexing="ij")
+    module.register_buffer("locations", torch.stack([xs.reshape(-1), ys.reshape(-1)]), persistent=False)
+    module.register_buffer("input_wh", torch.tensor([float(width), float(height)]), persistent=False)
+    module.register_buffer("up_y", aligned_bilinear_matrix(h8), persistent=False)
+    module.register_buffer("up_x_t", aligned_bilinear_matrix(w8).t().contiguous(), persistent=False)
+
+
 class MaskHeadSmallConv(nn.Module):
     """SeqFormer's mask-feature FPN over the encoder levels at strides 8/16/32 (``fpns=None`` path)."""
 
@@ -172,13 +187,7 @@ class DETR(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.backbone = nn.ModuleList([Backbone(cfg.backbone)])
-        chans = self.backbone[0].num_channels
-        proj = [nn.Sequential(nn.Conv2d(c, d, 1), nn.GroupNorm(32, d)) for c in chans]
-        proj.append(nn.Sequential(nn.Conv2d(chans[-1], d, 3, stride=2, padding=1), nn.GroupNorm(32, d)))
-        for p in proj:
-            nn.init.xavier_uniform_(p[0].weight)
-            nn.init.zeros_(p[0].bias)
-        self.input_proj = nn.ModuleList(proj)
+        self.input_proj = input_projection(self.backbone[0].num_channels, d, groups=32)
         self.query_embed = nn.Embedding(cfg.num_queries, 2 * d)
         self.class_embed = nn.ModuleList(nn.Linear(d, cfg.num_classes) for _ in range(cfg.dec_layers))
         self.bbox_embed = nn.ModuleList(MLP(d, d, 4, 3) for _ in range(cfg.dec_layers))
@@ -206,34 +215,21 @@ class SeqFormerNet(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
         self.mask_head = MaskHeadSmallConv(d, cfg.shapes)
-        shapes = cfg.shapes
-        self.register_buffer("pos", torch.cat([sine_position_embedding(h, w, d) for h, w in shapes])[None], persistent=False)
-        self.register_buffer("level_of_token", level_token_index(shapes), persistent=False)
-        h8, w8 = shapes[0]
-        ys, xs = torch.meshgrid(torch.arange(h8) * 8.0 + 4, torch.arange(w8) * 8.0 + 4, indexing="ij")
-        self.register_buffer("locations", torch.stack([xs.reshape(-1), ys.reshape(-1)])[None, None, None], persistent=False)
-        self.register_buffer("input_wh", torch.tensor([float(cfg.width), float(cfg.height)]), persistent=False)
-        self.register_buffer("up_y", aligned_bilinear_matrix(h8), persistent=False)  # (H/4, H/8)
-        self.register_buffer("up_x_t", aligned_bilinear_matrix(w8).t().contiguous(), persistent=False)  # (W/8, W/4)
+        register_position_buffers(self, cfg.shapes, d)
+        register_dynamic_head_buffers(self, cfg.shapes[0], cfg.height, cfg.width)
 
     # ---- per frame ------------------------------------------------------------------------------
     def project(self, image: torch.Tensor) -> list[torch.Tensor]:
         """image (B, H, W, 3) uint8 BGR (or normalised float (B, 3, H, W)) -> 4 levels (B, d, H_l, W_l)."""
-        c3, c4, c5 = self.detr.backbone[0](self.normalize(image))
-        proj = self.detr.input_proj
-        return [proj[0](c3), proj[1](c4), proj[2](c5), proj[3](c5)]
+        return project_levels(self.detr.input_proj, *self.detr.backbone[0](self.normalize(image)))
 
     @staticmethod
     def flatten_levels(levels: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([x.flatten(2).transpose(1, 2) for x in levels], 1)  # (B, S, d)
+        return flatten_levels(levels)  # (B, S, d)
 
     def split_levels(self, memory: torch.Tensor) -> list[torch.Tensor]:
         """(B, S, d) -> the 4 levels as maps (B, d, H_l, W_l)."""
-        out, start = [], 0
-        for h, w in self.cfg.shapes:
-            out.append(memory[:, start : start + h * w].transpose(1, 2).reshape(memory.shape[0], -1, h, w))
-            start += h * w
-        return out
+        return split_levels(memory, self.cfg.shapes)
 
     def encode(self, levels: list[torch.Tensor]) -> torch.Tensor:
         """The attention encoder: projected levels -> memory (B, S, d)."""
