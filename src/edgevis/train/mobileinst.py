@@ -10,7 +10,6 @@ streaming runner (kernel reuse + association) on held-out clips; ``--render`` wr
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from edgevis.errors import EdgevisError
 from edgevis.models.mobileinst import kernel_masks
 from edgevis.models.zoo import WEIGHTS_DIR, build_model
 from edgevis.train.losses import dice_matrix, focal_loss
+from edgevis.train.schedule import WarmupCosine
 
 LOSS_WEIGHTS = {"cls": 2.0, "dice": 2.0, "bce": 5.0, "obj": 1.0}
 
@@ -116,18 +116,13 @@ def train(model_name: str, *, steps: int, batch: int, lr: float, seed: int, clip
     print(f"generated {clips} clips x {frames} frames at {cfg.height}x{cfg.width} in {time.time() - t0:.0f} s")
     net = model.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    warm = max(1, min(100, steps // 10))
     rng = np.random.default_rng(seed)
-    t0, hist, done = time.time(), [], 0
+    sched = WarmupCosine(opt, lr, steps, max_minutes, warm=min(100, steps // 10))
+    hist, done = [], 0
     for step in range(steps):
-        # cosine decay over whichever runs out first, the steps or the wall-time budget (a shared machine
-        # may be slow): the learning rate always ends near zero
-        progress = max(step / steps, (time.time() - t0) / (60 * max_minutes))
-        if progress >= 1.0:
+        if not sched.begin(step):
             print(f"stopping at step {step}: --max-minutes {max_minutes} reached")
             break
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * progress))
         x, m_a, c_a, m_b, c_b = _sample(data, rng, batch, max_gap, crop)
         x_mask, x6 = net.features(x.reshape(2 * batch, *x.shape[2:]))
         xm_a, xm_b = x_mask[:batch], x_mask[batch:]
@@ -146,10 +141,10 @@ def train(model_name: str, *, steps: int, batch: int, lr: float, seed: int, clip
         if done % log_every == 0 or done == steps:
             avg = {k: np.mean([h[k] for h in hist[-log_every:]]) for k in hist[-1]}
             print(f"step {done}/{steps} loss {sum(LOSS_WEIGHTS[k] * v for k, v in avg.items()):.3f} "
-                  + " ".join(f"{k} {v:.3f}" for k, v in avg.items()) + f" ({time.time() - t0:.0f} s)", flush=True)
+                  + " ".join(f"{k} {v:.3f}" for k, v in avg.items()) + f" ({sched.elapsed():.0f} s)", flush=True)
     net.eval()
     meta = {"steps": done, "planned_steps": steps, "batch_pairs": batch, "lr": lr, "seed": seed, "clips": clips,
-            "frames_per_clip": frames, "max_gap": max_gap, "crop": list(crop) if crop else None, "init": init, "init_meta": init_meta, "threads": threads, "minutes": (time.time() - t0) / 60,
+            "frames_per_clip": frames, "max_gap": max_gap, "crop": list(crop) if crop else None, "init": init, "init_meta": init_meta, "threads": threads, "minutes": sched.elapsed() / 60,
             "final_losses": {k: float(np.mean([h[k] for h in hist[-50:]])) for k in hist[-1]}}
     return model, meta
 

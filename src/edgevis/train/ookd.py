@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from edgevis.data.ytvis import tracks_to_predictions
 from edgevis.errors import EdgevisError
 from edgevis.models.checkpoints import save_checkpoint
 from edgevis.train.losses import dice_matrix, focal_loss
+from edgevis.train.schedule import WarmupCosine
 
 WEIGHTS = {"cls": 2.0, "l1": 5.0, "giou": 2.0, "dice": 5.0, "bce": 2.0, "aux": 1.0, "assoc": 1.0, "assoc_aux": 1.0}
 NUM_SYNTH_CLASSES = 5
@@ -266,15 +265,12 @@ def train_student(model: Any, data: list[SyntheticClip], *, steps: int, batch: i
     params = [p for p in net.parameters() if p.requires_grad] + list(extra_params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed)
-    warm = max(1, min(50, steps // 10))
-    t0, hist, done = time.time(), [], 0
+    sched = WarmupCosine(opt, lr, steps, max_minutes, warm=min(50, steps // 10))
+    hist, done = [], 0
     for step in range(steps):
-        progress = max(step / steps, (time.time() - t0) / (60 * max_minutes))
-        if progress >= 1.0:
+        if not sched.begin(step):
             print(f"stopping at step {step}: --max-minutes {max_minutes} reached", flush=True)
             break
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warm) * 0.5 * (1 + math.cos(math.pi * progress))
         sample = sample_windows(data, rng, batch, window, max_gap, augment)
         losses, record = student_step(net, sample)
         if extra is not None:
@@ -293,11 +289,11 @@ def train_student(model: Any, data: list[SyntheticClip], *, steps: int, batch: i
             keys = sorted({k for h in hist[-log_every:] for k in h})
             avg = {k: float(np.mean([h[k] for h in hist[-log_every:] if k in h])) for k in keys}
             print(f"step {done}/{steps} " + " ".join(f"{k} {v:.3f}" for k, v in avg.items())
-                  + f" ({time.time() - t0:.0f} s)", flush=True)
+                  + f" ({sched.elapsed():.0f} s)", flush=True)
     net.eval()
     keys = sorted({k for h in hist for k in h})
     return {"steps": done, "planned_steps": steps, "batch": batch, "lr": lr, "seed": seed, "window": window,
-            "max_gap": max_gap, "minutes": (time.time() - t0) / 60,
+            "max_gap": max_gap, "minutes": sched.elapsed() / 60,
             "final_losses": {k: float(np.mean([h[k] for h in hist[-20:] if k in h])) for k in keys}}
 
 

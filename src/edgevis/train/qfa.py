@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,9 @@ from edgevis.train.ookd import (
     set_losses,
     train_student,
     training_clips,
+    weighted,
 )
+from edgevis.train.schedule import WarmupCosine
 
 TEACHERS = {"ookd_tiny": "seqformer_tiny", "ookd": "seqformer_r50"}
 
@@ -128,13 +129,11 @@ def train_teacher(teacher: Any, data: list[SyntheticClip], *, steps: int, batch:
     window = teacher.cfg.window
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed + 1)
-    t0, done, last = time.time(), 0, {}
+    sched = WarmupCosine(opt, lr, steps, max_minutes, warm=20)
+    done, last = 0, {}
     for step in range(steps):
-        progress = max(step / steps, (time.time() - t0) / (60 * max_minutes))
-        if progress >= 1.0:
+        if not sched.begin(step):
             break
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * progress))
         sample = sample_windows(data, rng, batch, window, 1)
         out = teacher_outputs(net, sample["frames"])
         total, n_gt = 0, 0
@@ -143,7 +142,7 @@ def train_teacher(teacher: Any, data: list[SyntheticClip], *, steps: int, batch:
             rows, cols = hungarian(out["logits"][b].detach(), out["masks"][b].detach(), out["boxes"][b].detach(),
                                    cls, masks, boxes)
             parts = set_losses(out["logits"][b], out["boxes"][b], out["masks"][b], cls, boxes, masks, rows, cols)
-            total = total + 2 * parts["cls"] + 5 * parts.get("l1", 0) + 5 * parts.get("dice", 0) + 2 * parts.get("bce", 0)
+            total = total + weighted(parts)
             n_gt += len(ids)
         loss = total / max(1, n_gt)
         opt.zero_grad(set_to_none=True)
@@ -153,11 +152,11 @@ def train_teacher(teacher: Any, data: list[SyntheticClip], *, steps: int, batch:
         done = step + 1
         last = {"loss": float(loss.detach())}
         if done % 20 == 0:
-            print(f"teacher step {done}/{steps} loss {last['loss']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+            print(f"teacher step {done}/{steps} loss {last['loss']:.3f} ({sched.elapsed():.0f} s)", flush=True)
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return {"steps": done, "minutes": (time.time() - t0) / 60, **last}
+    return {"steps": done, "minutes": sched.elapsed() / 60, **last}
 
 
 class QfaLoss:
