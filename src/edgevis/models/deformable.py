@@ -89,8 +89,7 @@ def input_projection(channels: Sequence[int], d_model: int, groups: int) -> nn.M
 
 def project_levels(input_proj: nn.ModuleList, c3: torch.Tensor, c4: torch.Tensor, c5: torch.Tensor) -> list[torch.Tensor]:
     """Backbone C3..C5 -> the 4 encoder levels (B, d, H_l, W_l) at strides 8, 16, 32, 64."""
-    p = input_proj
-    return [p[0](c3), p[1](c4), p[2](c5), p[3](c5)]
+    return [input_proj[0](c3), input_proj[1](c4), input_proj[2](c5), input_proj[3](c5)]
 
 
 def flatten_levels(levels: Sequence[torch.Tensor]) -> torch.Tensor:
