@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -521,17 +522,27 @@ def _block_pool(m: torch.Tensor, k: int, stride: int, padding: int, block: int) 
     return pooled[..., :nbh, :nbw]  # (N, 1, nbh, nbw)
 
 
+def _threshold_gate(residual_map: torch.Tensor, variation_map: Callable[[], torch.Tensor], k: int, stride: int,
+                    padding: int, block: int, tau_t: float, tau_s: float) -> torch.Tensor:
+    """reference.gate's decisions from a per-pixel residual (N, 1, H, W) and a deferred variation map: the
+    variation is computed only when something can INTERPOLATE (tau_s > 0 and some block is not REUSE)."""
+    rb = _block_pool(residual_map, k, stride, padding, block)
+    vb = rb  # tau_s == 0: nothing can INTERPOLATE; every block REUSE: V is not read
+    if tau_s > 0 and bool((rb >= tau_t).any()):
+        vb = _block_pool(variation_map(), k, stride, padding, block)
+    return threshold_decisions(rb, vb, tau_t, tau_s)
+
+
 def gate_fast(x: torch.Tensor, x0: torch.Tensor, k: int, stride: int, padding: int, block: int, tau_t: float,
               tau_s: float, bufs: _Buffers) -> torch.Tensor:
     """The threshold gate of reference.gate, computed on the channels-last buffer (filled here unless
-    ``bufs.ready``); the variation is skipped when every block is REUSE anyway."""
+    ``bufs.ready``)."""
     bufs.ensure(x)
-    rb = _block_pool(bufs.residual(x0), k, stride, padding, block)
-    vb = rb  # tau_s == 0: nothing can INTERPOLATE; every block REUSE: V is not read
-    if tau_s > 0 and bool((rb >= tau_t).any()):
-        plan = _plan(x.shape[0], x.shape[2], x.shape[3], k, stride, padding, x.device)
-        vb = _block_pool(bufs.variation(plan.count), k, stride, padding, block)
-    return threshold_decisions(rb, vb, tau_t, tau_s)
+
+    def variation_map() -> torch.Tensor:
+        return bufs.variation(_plan(x.shape[0], x.shape[2], x.shape[3], k, stride, padding, x.device).count)
+
+    return _threshold_gate(bufs.residual(x0), variation_map, k, stride, padding, block, tau_t, tau_s)
 
 
 # Direct-conv multiply-adds of a whole map below which a call takes the small-map path: there the ~200
@@ -548,11 +559,7 @@ def _small_map(x: torch.Tensor, x0: torch.Tensor, y0: torch.Tensor, weight: torc
     dense conv2d with the reference's select. Same decisions and outputs as the reference."""
     k = weight.shape[-1]
     ho, wo = y0.shape[-2:]
-    rb = _block_pool(residual(x, x0), k, stride, padding, block)  # (N, 1, nbh, nbw)
-    vb = rb  # tau_s == 0: nothing can INTERPOLATE; every block REUSE: V is not read
-    if tau_s > 0 and bool((rb >= tau_t).any()):
-        vb = _block_pool(variation(x), k, stride, padding, block)
-    d = threshold_decisions(rb, vb, tau_t, tau_s)  # (N, nbh, nbw)
+    d = _threshold_gate(residual(x, x0), lambda: variation(x), k, stride, padding, block, tau_t, tau_s)  # (N, nbh, nbw)
     if not bool(d.any()):  # every block REUSE: the caches are the outputs (copies: outputs never alias inputs)
         if stats is not None:
             account(stats, (0, 0, 0), tuple(x.shape), tuple(weight.shape), (ho, wo))
