@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine
+from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine, relative_error
 from edgevis.plugins.convgru import ConvGRUCell
 
 REPORT_FRAMES = (1, 10, 100, 300, 1000)
@@ -123,8 +123,8 @@ def step_stack(stack: nn.ModuleList, x: Tensor, states: list[Tensor], fp16_state
 
 
 def rel_err(states: list[Tensor], ref: list[Tensor]) -> float:
-    a, b = torch.cat([s.flatten() for s in states]), torch.cat([s.flatten() for s in ref])
-    return ((a - b).norm() / b.norm()).item()
+    """:func:`relative_error` of all the state tensors together."""
+    return relative_error(torch.cat([s.flatten() for s in states]), torch.cat([s.flatten() for s in ref]))
 
 
 def run(frames: int, height: int, width: int, hid: int, seed: int, check_frames: int) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Describe the machine a number came from (CPU, cores, GPU, driver, library versions); helpers the
-benchmark scripts share (argument parser, median timing, JSONL rows)."""
+benchmark scripts share (argument parser, median timing, relative error, JSONL rows)."""
 
 from __future__ import annotations
 
@@ -115,3 +115,8 @@ def median_ms(fn: Callable[[], Any], *, warmup: int, iters: int, sync: Callable[
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def relative_error(a: Any, ref: Any) -> float:
+    """``||a - ref|| / ||ref||`` over whole tensors (0 for identical outputs; a zero ``ref`` counts as 1e-12)."""
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-12))

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from edgevis.bench.machine import append_jsonl, describe_machine
+from edgevis.bench.machine import append_jsonl, describe_machine, relative_error
 from edgevis.plugins.sparse_conv.fast import SparseConvStats, triple_sparse_conv_fast
 from edgevis.plugins.sparse_conv.reference import COMPUTE, INTERPOLATE, expand_blocks
 
@@ -135,7 +135,7 @@ def noise_floor(stack: FeatureStack, layer: torch.nn.Conv2d, noise: float) -> tu
     frame = next(camera_like_frames(1, noise=0.0))
     g = torch.Generator().manual_seed(7)
     a, b = (stack((frame + noise * torch.randn(frame.shape, generator=g)).clamp(0, 1)) for _ in range(2))
-    rel = [float((layer(u) - layer(v)).norm() / layer(v).norm()) for u, v in zip(a, b)]
+    rel = [relative_error(layer(u), layer(v)) for u, v in zip(a, b)]
     return rel[0], rel[1]
 
 
@@ -173,7 +173,7 @@ def study_video(feats: list[torch.Tensor], layer: torch.nn.Conv2d, tau_t: float,
         stats.add(st)
         rows.append(dict(frame=i, dense_frame=force, fractions=st.fractions(), flops_saved=st.flops_saved,
                          ms_dense=t_dense, ms_sparse=t_sparse,
-                         rel_err=float((y - dense).norm() / dense.norm())))
+                         rel_err=relative_error(y, dense)))
     steady = [r for r in rows if not r["dense_frame"]] or rows
     return dict(
         frames=len(rows), tau_t=tau_t, tau_s=tau_s, block=block, refresh=refresh,

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edgevis.bench.machine import append_jsonl, describe_machine
+from edgevis.bench.machine import append_jsonl, describe_machine, relative_error
 from edgevis.bench.sparsity import SparsityProbe, sparse_layers
 
 REPORT = Path("reports/bench/spvos.jsonl")
@@ -131,11 +131,6 @@ def run_key_encoder(model: Any, dense_model: Any, frames: np.ndarray, refresh: i
         "speedup": float(np.median(t_dense) / np.median(t_sparse)),
         "key_err": float(np.mean(err_key)), "qval_err": float(np.mean(err_qval)),
     }
-
-
-def relative_error(a: torch.Tensor, ref: torch.Tensor) -> float:
-    """||a - ref|| / ||ref|| over the whole tensor (0 for identical outputs)."""
-    return float((a - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
 def sparse_conv_bound(dense_model: Any, frames: np.ndarray) -> dict[str, float]:
