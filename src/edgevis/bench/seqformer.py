@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from edgevis.bench.machine import append_jsonl, bench_parser, describe_machine, median_ms
+from edgevis.models.deformable import flatten_levels
 
 REPORT = Path("reports/bench/seqformer.jsonl")
 
@@ -48,7 +49,7 @@ class RecurrentEncoderOnly(nn.Module):
     def forward(self, l0: torch.Tensor, l1: torch.Tensor, l2: torch.Tensor, l3: torch.Tensor, h1: torch.Tensor,
                 h2: torch.Tensor, h3: torch.Tensor, h4: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs, new = self.net.encode_recurrent([l0, l1, l2, l3], [h1, h2, h3, h4])
-        return (self.net.flatten_levels(outs), *new)
+        return (flatten_levels(outs), *new)
 
 
 def gmacs(module: nn.Module, args: tuple[torch.Tensor, ...]) -> float:

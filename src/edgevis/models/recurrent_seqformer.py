@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgevis.models.deformable import flatten_levels
 from edgevis.models.seqformer import (
     SEQFORMER_R50,
     SEQFORMER_TINY,
@@ -97,7 +98,7 @@ class RecurrentSeqFormerNet(SeqFormerNet):
     def frame(self, image: torch.Tensor, h1: torch.Tensor, h2: torch.Tensor, h3: torch.Tensor,
               h4: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs, new = self.encode_recurrent(self.project(image), [h1, h2, h3, h4])
-        memory = self.flatten_levels(outs)  # (B, S, d)
+        memory = flatten_levels(outs)  # (B, S, d)
         return (memory, self.mask_features(memory), *new)
 
     def init_hidden(self, batch: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:

@@ -223,10 +223,6 @@ class SeqFormerNet(nn.Module):
         """image (B, H, W, 3) uint8 BGR (or normalised float (B, 3, H, W)) -> 4 levels (B, d, H_l, W_l)."""
         return project_levels(self.detr.input_proj, *self.detr.backbone[0](self.normalize(image)))
 
-    @staticmethod
-    def flatten_levels(levels: list[torch.Tensor]) -> torch.Tensor:
-        return flatten_levels(levels)  # (B, S, d)
-
     def split_levels(self, memory: torch.Tensor) -> list[torch.Tensor]:
         """(B, S, d) -> the 4 levels as maps (B, d, H_l, W_l)."""
         return split_levels(memory, self.cfg.shapes)
@@ -235,7 +231,7 @@ class SeqFormerNet(nn.Module):
         """The attention encoder: projected levels -> memory (B, S, d)."""
         tr = self.detr.transformer
         pos = self.pos + tr.level_embed[self.level_of_token][None]  # (1, S, d)
-        return tr.encoder(self.flatten_levels(levels), pos)
+        return tr.encoder(flatten_levels(levels), pos)
 
     def mask_features(self, memory: torch.Tensor) -> torch.Tensor:
         x8, x16, x32, _ = self.split_levels(memory)

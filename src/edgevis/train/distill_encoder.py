@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from edgevis.errors import EdgevisError
+from edgevis.models.deformable import flatten_levels
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
@@ -115,7 +116,7 @@ def distill_step(student: torch.nn.Module, teacher: torch.nn.Module, images: tor
         feat_loss = feat_loss + losses.mean() / t
         per_level += losses.detach() / t
         if task_weight > 0:
-            s_mems.append(student.flatten_levels(outs))
+            s_mems.append(flatten_levels(outs))
             t_mems.append(t_mem)
     loss = feat_loss
     log = {"feat_loss": float(feat_loss.detach()), "per_level": [round(float(x), 6) for x in per_level]}
