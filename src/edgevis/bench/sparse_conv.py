@@ -220,16 +220,14 @@ def sweep_active(x: torch.Tensor, layer: torch.nn.Conv2d, block: int, fractions:
     x_cl = x.contiguous(memory_format=torch.channels_last)
     ho, wo = y0.shape[-2:]
     out = []
-    x0_given = x0
     for f in tqdm(fractions, desc="active-fraction sweep", leave=False):
-        x0 = (controlled_x0(x, block, f, seed) if x0_given is None else x0_given).contiguous(
-            memory_format=torch.channels_last)
+        prev = (controlled_x0(x, block, f, seed) if x0 is None else x0).contiguous(memory_format=torch.channels_last)
         times: dict[str, list[float]] = {"dense": [], "sparse": [], "dense_cl": [], "sparse_cl": []}
         d = None
         for _ in range(reps):  # interleaved, so all see the same load
             for key, xin in (("", x), ("_cl", x_cl)):
                 times["dense" + key].append(_timed(lambda: F.conv2d(xin, w, b, padding=1))[1])  # noqa: B023
-                res, ms = _timed(lambda: triple_sparse_conv_fast(xin, x0, y0, w, b, stride=1, padding=1,  # noqa: B023
+                res, ms = _timed(lambda: triple_sparse_conv_fast(xin, prev, y0, w, b, stride=1, padding=1,  # noqa: B023
                                                                  block=block, tau_t=tau_t, tau_s=tau_s,
                                                                  dense_above=2.0))
                 times["sparse" + key].append(ms)
